@@ -1,0 +1,150 @@
+//! The per-tenant server configuration, as the operator writes it into the
+//! tenant's ConfigMap and as `bulkhead-server` reads it.
+//!
+//! The names of the Secrets the server reads and the ports it serves on live
+//! here too, so the operator's RBAC, NetworkPolicy and Deployment and the
+//! server's own loaders always agree.
+
+use serde::{Deserialize, Serialize};
+
+use crate::tenant::{AllowRule, ConnectorType, RateLimit, ToolRateLimit};
+
+/// Name of the Secret, in the tenant's namespace, that holds the upstream
+/// credentials (created by the platform team, never read by the operator).
+pub const CREDENTIALS_SECRET_NAME: &str = "bulkhead-credentials";
+/// Name of the Secret, in the tenant's namespace, that holds the hashed API
+/// keys of the tenant's callers (one data key per caller id).
+pub const API_KEYS_SECRET_NAME: &str = "bulkhead-api-keys";
+/// Name of the ConfigMap that carries the server configuration.
+pub const CONFIG_MAP_NAME: &str = "bulkhead-server-config";
+/// Key of the configuration file inside the ConfigMap.
+pub const CONFIG_FILE_KEY: &str = "server.yaml";
+/// Directory the ConfigMap is mounted at in the server pod.
+pub const CONFIG_MOUNT_DIR: &str = "/etc/bulkhead";
+/// Port that serves MCP (`/mcp`); the only port callers may reach.
+pub const MCP_PORT: u16 = 8080;
+/// Port that serves `/healthz`, `/readyz` and `/metrics`.
+pub const ADMIN_PORT: u16 = 9090;
+/// Path of the MCP endpoint.
+pub const MCP_PATH: &str = "/mcp";
+
+/// Configuration of one `bulkhead-server` process, serving exactly one tenant.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ServerConfig {
+    /// The tenant this process serves. The only source of the tenant id.
+    pub tenant_id: String,
+    /// Values accepted in the `Host` header (host or host:port).
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins accepted in the `Origin` header (scheme://host[:port]).
+    /// A request with an `Origin` not listed here is refused; requests without
+    /// `Origin` (non-browser clients) are accepted.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Where the hashed API keys are read from.
+    pub api_keys: SecretSource,
+    /// Where the upstream credentials are read from.
+    pub credentials: SecretSource,
+    /// Credentials the server may use, by name, and the key that holds each
+    /// one in the credential source.
+    #[serde(default)]
+    pub credential_keys: Vec<CredentialKey>,
+    /// How long a credential value is cached before it is read again.
+    #[serde(default = "default_credential_ttl_seconds")]
+    pub credential_ttl_seconds: u64,
+    /// Upstream APIs exposed as MCP tools.
+    #[serde(default)]
+    pub connectors: Vec<ConnectorConfig>,
+    /// Request rate limits.
+    #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
+    /// Transport limits.
+    #[serde(default)]
+    pub limits: TransportLimits,
+}
+
+/// Where a set of secret values comes from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", tag = "type", deny_unknown_fields)]
+pub enum SecretSource {
+    /// A Secret in the cluster, read with the pod's own ServiceAccount
+    /// (get and watch of that one Secret only).
+    #[serde(rename_all = "camelCase")]
+    KubernetesSecret { namespace: String, name: String },
+    /// A local file (API keys: a YAML map of caller id to key hash;
+    /// credentials: a YAML map of key to value).
+    #[serde(rename_all = "camelCase")]
+    File { path: String },
+    /// A local directory with one file per key, as a mounted Secret looks.
+    #[serde(rename_all = "camelCase")]
+    Directory { path: String },
+}
+
+/// A credential the server may use: its name (which connectors refer to) and
+/// the key of the credential source that holds it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialKey {
+    pub name: String,
+    pub key: String,
+}
+
+/// One upstream API exposed as MCP tools.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectorConfig {
+    /// Connector name; tool names are derived from it.
+    pub name: String,
+    #[serde(rename = "type")]
+    pub connector_type: ConnectorType,
+    /// The only base URL this connector calls.
+    pub base_url: String,
+    /// Name of the credential (see `credentialKeys`) sent upstream, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+    /// For `http` connectors: the method and path patterns that may be called.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<AllowRule>,
+    /// Permit private, loopback and link-local upstream addresses. Off in
+    /// clusters (the NetworkPolicy closes them too); on for local tests.
+    #[serde(default)]
+    pub allow_private_targets: bool,
+}
+
+/// Rate limits applied by the server.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitsConfig {
+    /// Budget of each caller across all methods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_caller: Option<RateLimit>,
+    /// Budget of each caller for one tool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub per_tool: Vec<ToolRateLimit>,
+}
+
+/// Limits on the HTTP transport.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TransportLimits {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Time a request may take before it is cancelled, in seconds.
+    pub request_timeout_seconds: u64,
+    /// Time an upstream call may take, in seconds.
+    pub upstream_timeout_seconds: u64,
+}
+
+impl Default for TransportLimits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 1024 * 1024,
+            request_timeout_seconds: 30,
+            upstream_timeout_seconds: 10,
+        }
+    }
+}
+
+fn default_credential_ttl_seconds() -> u64 {
+    60
+}

@@ -1,0 +1,1 @@
+//! End-to-end tests; see tests/e2e/run.sh.
