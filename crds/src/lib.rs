@@ -6,7 +6,10 @@
 //! sides on one definition means they cannot drift apart.
 #![forbid(unsafe_code)]
 
+pub mod cidr;
 pub mod server_config;
 pub mod tenant;
+pub mod validation;
 
 pub use tenant::{Tenant, TenantSpec, TenantStatus};
+pub use validation::{FieldError, InvalidTenant};

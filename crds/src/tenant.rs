@@ -2,6 +2,12 @@
 //!
 //! The tenant id is `metadata.name`. Every field carries a description so
 //! `kubectl explain tenant.spec` is useful.
+//!
+//! Validation lives in the schema wherever the API server can check it:
+//! patterns, enums and bounds on fields, list types for uniqueness, and CEL
+//! rules (`x-kubernetes-validations`) for what spans fields. The same rules
+//! are checked again in code by [`crate::validation`]; the tests hold the two
+//! together. CEL needs Kubernetes 1.31 or later (`isCIDR`, `cidr`).
 
 use std::collections::BTreeMap;
 
@@ -20,23 +26,35 @@ use serde::{Deserialize, Serialize};
     kind = "Tenant",
     shortname = "tnt",
     status = "TenantStatus",
+    doc = "A tenant of the hosted MCP service. Its name is the tenant id; the operator gives it the namespace bulkhead-<name> with its own MCP server.",
+    validation = Rule::new("self.metadata.name.size() <= 54").message("metadata.name must be at most 54 characters, so that the namespace bulkhead-<name> fits in 63"),
+    validation = Rule::new("self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1123 label: lower-case letters, digits and '-', starting and ending with a letter or digit"),
+    validation = Rule::new("self.metadata.name != 'system'").message("metadata.name 'system' is reserved: bulkhead-system is the operator's own namespace"),
     printcolumn = r#"{"name":"Namespace","type":"string","jsonPath":".status.namespace"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.connectors) || self.connectors.all(c, !has(c.credential) || (has(self.credentials) && self.credentials.exists(k, k.name == c.credential)))",
+    "message": "every connector's credential must be declared in spec.credentials"
+}]))]
 pub struct TenantSpec {
     /// Human-readable name of the tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
     pub display_name: Option<String>,
     /// The tenant's MCP server Deployment.
     #[serde(default)]
     pub server: ServerSpec,
     /// Keys of the tenant's credential Secret that the server may read.
+    /// Names are unique.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub credentials: Vec<CredentialRef>,
-    /// Upstream APIs the server exposes as MCP tools.
+    /// Upstream APIs the server exposes as MCP tools. Names are unique.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub connectors: Vec<Connector>,
     /// Who may call the server and where it may connect to.
     #[serde(default)]
@@ -56,23 +74,30 @@ pub struct TenantSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServerSpec {
-    /// Number of server pods (default 1).
+    /// Number of server pods (default 1, at most 50).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 50))]
     pub replicas: Option<i32>,
     /// Server image; the operator's default image when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^\S+$"))]
     pub image: Option<String>,
     /// CPU and memory requests and limits of the server container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// RuntimeClass of the server pods (for example gVisor or Kata).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub runtime_class_name: Option<String>,
     /// Node labels the server pods must be scheduled on.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
     /// Tolerations of the server pods.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub tolerations: Vec<Toleration>,
 }
 
@@ -80,9 +105,15 @@ pub struct ServerSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CredentialRef {
-    /// Name connectors use to refer to this credential.
+    /// Name connectors use to refer to this credential: a lower-case letter,
+    /// then lower-case letters, digits, '-' or '_'.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z]([-_a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Key in the tenant's credential Secret that holds the value.
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub key: String,
 }
 
@@ -99,19 +130,40 @@ pub enum ConnectorType {
 /// One upstream API exposed as MCP tools.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.type != 'http' || (has(self.allow) && size(self.allow) > 0)",
+        "message": "an http connector needs at least one allowed method and path"
+    },
+    {
+        "rule": "self.type == 'http' || !has(self.allow) || size(self.allow) == 0",
+        "message": "only http connectors take an allow-list"
+    }
+]))]
 pub struct Connector {
     /// Connector name, unique within the Tenant; tool names derive from it.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z]([-_a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Kind of upstream API.
     #[serde(rename = "type")]
     pub connector_type: ConnectorType,
-    /// The only base URL the connector calls (https, or http for tests).
+    /// The only base URL the connector calls (https, or http for tests),
+    /// without user information, query or fragment.
+    #[schemars(
+        length(max = 2048),
+        regex(pattern = r"^https?://[^/?#@\s]+(/[^?#\s]*)?$")
+    )]
     pub base_url: String,
     /// Name of a declared credential sent to the upstream, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
     pub credential: Option<String>,
     /// For `http` connectors: the methods and paths that may be called.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
     pub allow: Vec<AllowRule>,
 }
 
@@ -120,9 +172,18 @@ pub struct Connector {
 #[serde(rename_all = "camelCase")]
 pub struct AllowRule {
     /// HTTP method, upper case.
+    #[schemars(extend("enum" = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]))]
     pub method: String,
     /// Path pattern starting with `/`; `*` matches one path segment and a
     /// trailing `/**` any number of segments.
+    #[schemars(
+        length(min = 1, max = 512),
+        regex(pattern = r"^(/([^/*?#\s\x00-\x1f\x7f]*|\*))*(/\*\*)?$"),
+        extend("x-kubernetes-validations" = [{
+            "rule": "!self.matches('/[.][.]?(/|$)')",
+            "message": "path must not contain '.' or '..' segments"
+        }])
+    )]
     pub path: String,
 }
 
@@ -133,6 +194,10 @@ pub struct NetworkSpec {
     /// Namespaces (by label selector) whose pods may call the server. Empty
     /// means no namespace may; an empty selector is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), extend("x-kubernetes-validations" = [{
+        "rule": "self.all(s, (has(s.matchLabels) && size(s.matchLabels) > 0) || (has(s.matchExpressions) && size(s.matchExpressions) > 0))",
+        "message": "an empty namespace selector would admit every namespace; name the namespaces with matchLabels or matchExpressions"
+    }]))]
     pub ingress_from: Vec<LabelSelector>,
     /// Upstream destinations the server may connect to.
     #[serde(default)]
@@ -145,10 +210,23 @@ pub struct NetworkSpec {
 pub struct EgressSpec {
     /// Destination ranges in CIDR notation. Private, link-local, loopback and
     /// cluster ranges inside them stay closed unless named here exactly.
+    /// Each is canonical (no host bits set), e.g. `203.0.113.0/24`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(length(max = 43)),
+        extend(
+            "x-kubernetes-list-type" = "set",
+            "x-kubernetes-validations" = [{
+                "rule": "self.all(c, isCIDR(c) && cidr(c) == cidr(c).masked())",
+                "message": "each entry must be an IPv4 or IPv6 range in canonical CIDR notation (no host bits set), e.g. 203.0.113.0/24"
+            }]
+        )
+    )]
     pub cidrs: Vec<String>,
     /// Destination TCP ports (default 443).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(range(min = 1, max = 65535)), extend("x-kubernetes-list-type" = "set"))]
     pub ports: Vec<i32>,
 }
 
@@ -157,26 +235,39 @@ pub struct EgressSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct QuotaSpec {
-    /// Total CPU limit of the namespace.
+    /// Total CPU of the namespace (requests and limits), e.g. `4` or `2500m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))",
+        "message": "must be a positive quantity, e.g. 2 or 500m"
+    }]))]
     pub cpu: Option<Quantity>,
-    /// Total memory limit of the namespace.
+    /// Total memory of the namespace (requests and limits), e.g. `4Gi`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))",
+        "message": "must be a positive quantity, e.g. 4Gi"
+    }]))]
     pub memory: Option<Quantity>,
     /// Maximum number of pods.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub pods: Option<i32>,
     /// Maximum number of Services.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub services: Option<i32>,
     /// Maximum number of ConfigMaps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub config_maps: Option<i32>,
     /// Maximum number of Secrets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub secrets: Option<i32>,
     /// Maximum number of PersistentVolumeClaims.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
     pub persistent_volume_claims: Option<i32>,
 }
 
@@ -187,8 +278,9 @@ pub struct RateLimits {
     /// Budget of each caller across all requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_caller: Option<RateLimit>,
-    /// Budget of each caller for one tool.
+    /// Budget of each caller for one tool; one entry per tool.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["tool"]))]
     pub per_tool: Vec<ToolRateLimit>,
 }
 
@@ -196,9 +288,11 @@ pub struct RateLimits {
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimit {
-    /// Sustained requests per minute.
+    /// Sustained requests per minute (at least 1).
+    #[schemars(range(min = 1, max = 1_000_000))]
     pub requests_per_minute: u32,
-    /// Requests allowed at once above the sustained rate.
+    /// Requests allowed at once above the sustained rate (at least 1).
+    #[schemars(range(min = 1, max = 100_000))]
     pub burst: u32,
 }
 
@@ -207,10 +301,13 @@ pub struct RateLimit {
 #[serde(rename_all = "camelCase")]
 pub struct ToolRateLimit {
     /// Tool name as listed by `tools/list`.
+    #[schemars(length(min = 1, max = 128))]
     pub tool: String,
-    /// Sustained requests per minute.
+    /// Sustained requests per minute (at least 1).
+    #[schemars(range(min = 1, max = 1_000_000))]
     pub requests_per_minute: u32,
-    /// Requests allowed at once above the sustained rate.
+    /// Requests allowed at once above the sustained rate (at least 1).
+    #[schemars(range(min = 1, max = 100_000))]
     pub burst: u32,
 }
 
@@ -237,7 +334,9 @@ pub struct TenantStatus {
     /// URL of the tenant's MCP endpoint inside the cluster.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// Ready, NamespaceReady, NetworkIsolated, CredentialsBound, ServerAvailable.
+    /// Ready, NamespaceReady, NetworkIsolated, CredentialsBound, ServerAvailable;
+    /// one entry per type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }

@@ -1,0 +1,580 @@
+//! Validation of a Tenant in code: the same rules the CRD schema states (as
+//! patterns, bounds and CEL rules), checked again by the operator.
+//!
+//! The API server enforces the schema only on clusters where the CRD is
+//! installed at this version and only for requests it sees; a Tenant read
+//! from a file (`bulkhead-operator render`), stored under an older CRD, or on
+//! a cluster whose CEL library lacks a function still passes through here
+//! before anything is built from it. Every problem is reported at once, each
+//! with the path of the field and the reason.
+
+use std::collections::BTreeSet;
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+
+use crate::cidr::Cidr;
+use crate::tenant::{Connector, ConnectorType, RateLimit, Tenant};
+
+/// Longest namespace name Kubernetes accepts (a DNS-1123 label).
+pub const MAX_NAMESPACE_LEN: usize = 63;
+/// Namespace prefix the CRD schema's length rule assumes (`bulkhead-`).
+pub const SCHEMA_NAMESPACE_PREFIX: &str = "bulkhead-";
+/// Longest tenant id the CRD schema admits: the id plus the default prefix
+/// must fit a namespace name.
+pub const MAX_TENANT_ID_LEN: usize = MAX_NAMESPACE_LEN - SCHEMA_NAMESPACE_PREFIX.len();
+/// Largest number of server replicas a Tenant may ask for.
+pub const MAX_REPLICAS: i32 = 50;
+/// Longest credential or connector name.
+pub const MAX_REF_NAME_LEN: usize = 63;
+/// Longest allow-list path pattern.
+pub const MAX_PATH_LEN: usize = 512;
+/// Largest number of entries of each list in the spec, as the schema's
+/// `maxItems` states them. Bounded lists keep the CEL rules' cost within
+/// the API server's budget.
+pub const MAX_ITEMS: &[(&str, usize)] = &[
+    ("spec.server.tolerations", 32),
+    ("spec.credentials", 32),
+    ("spec.connectors", 32),
+    ("spec.connectors[].allow", 32),
+    ("spec.network.ingressFrom", 16),
+    ("spec.network.egress.cidrs", 64),
+    ("spec.network.egress.ports", 32),
+    ("spec.rateLimits.perTool", 64),
+];
+/// HTTP methods an `http` connector's allow-list may name.
+pub const ALLOWED_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
+
+/// One problem with one field of a Tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path of the field, e.g. `spec.connectors[1].credential`.
+    pub field: String,
+    /// Why the value is refused, and what would be accepted.
+    pub reason: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
+/// A Tenant that cannot be built: every field error found.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid Tenant: {}", join(&self.errors))]
+pub struct InvalidTenant {
+    /// The problems, in field order.
+    pub errors: Vec<FieldError>,
+}
+
+fn join(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl InvalidTenant {
+    /// True when some error concerns `field` exactly.
+    pub fn names_field(&self, field: &str) -> bool {
+        self.errors.iter().any(|e| e.field == field)
+    }
+}
+
+/// How the operator names tenant namespaces; tenant ids are checked against it.
+#[derive(Clone, Copy, Debug)]
+pub struct NamespaceNaming<'a> {
+    /// Prefix of every tenant namespace (`bulkhead-` by default).
+    pub prefix: &'a str,
+    /// Namespace the operator runs in; no tenant may take it.
+    pub operator_namespace: &'a str,
+}
+
+impl Default for NamespaceNaming<'_> {
+    fn default() -> Self {
+        Self {
+            prefix: SCHEMA_NAMESPACE_PREFIX,
+            operator_namespace: "bulkhead-system",
+        }
+    }
+}
+
+/// Collects field errors while walking a Tenant.
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn add(&mut self, field: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.into(),
+            reason: reason.into(),
+        });
+    }
+}
+
+/// Checks every rule of the Tenant schema, and the namespace naming rules
+/// that depend on how the operator is configured.
+pub fn validate_tenant(tenant: &Tenant, naming: &NamespaceNaming<'_>) -> Result<(), InvalidTenant> {
+    let mut errors = Errors::default();
+    validate_id(tenant.metadata.name.as_deref(), naming, &mut errors);
+    validate_spec(tenant, &mut errors);
+    if errors.0.is_empty() {
+        Ok(())
+    } else {
+        Err(InvalidTenant { errors: errors.0 })
+    }
+}
+
+/// True for a DNS-1123 label: lower-case letters, digits and `-`, starting
+/// and ending with a letter or digit, at most 63 characters.
+pub fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAMESPACE_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+/// True for a DNS-1123 subdomain: dot-separated DNS labels, at most 253 characters.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_dns_label)
+}
+
+fn validate_id(id: Option<&str>, naming: &NamespaceNaming<'_>, errors: &mut Errors) {
+    const FIELD: &str = "metadata.name";
+    let Some(id) = id else {
+        errors.add(FIELD, "is required: it is the tenant id");
+        return;
+    };
+    if !is_dns_label(id) {
+        errors.add(
+            FIELD,
+            format!(
+                "{id:?} is not a DNS-1123 label (lower-case letters, digits and '-', starting and ending with a letter or digit)"
+            ),
+        );
+        return;
+    }
+    let namespace = format!("{}{id}", naming.prefix);
+    if namespace.len() > MAX_NAMESPACE_LEN {
+        errors.add(
+            FIELD,
+            format!(
+                "{id:?} is too long: namespace {namespace:?} would have {} characters, at most {MAX_NAMESPACE_LEN} are allowed",
+                namespace.len()
+            ),
+        );
+    } else if !is_dns_label(&namespace) {
+        errors.add(
+            FIELD,
+            format!("{id:?} would give the invalid namespace name {namespace:?}"),
+        );
+    } else if namespace == naming.operator_namespace {
+        errors.add(
+            FIELD,
+            format!("{id:?} is reserved: namespace {namespace:?} is the operator's own namespace"),
+        );
+    } else if matches!(
+        namespace.as_str(),
+        "default" | "kube-system" | "kube-public" | "kube-node-lease"
+    ) || namespace.starts_with("kube-")
+    {
+        errors.add(
+            FIELD,
+            format!("{id:?} is reserved: namespace {namespace:?} belongs to Kubernetes itself"),
+        );
+    }
+}
+
+/// Largest number of entries of the list at `path` (see [`MAX_ITEMS`]).
+fn max_items(path: &str) -> usize {
+    MAX_ITEMS
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map_or(usize::MAX, |(_, max)| *max)
+}
+
+fn check_len(field: &str, schema_path: &str, len: usize, errors: &mut Errors) {
+    let max = max_items(schema_path);
+    if len > max {
+        errors.add(
+            field,
+            format!("has {len} entries, at most {max} are allowed"),
+        );
+    }
+}
+
+fn validate_spec(tenant: &Tenant, errors: &mut Errors) {
+    let spec = &tenant.spec;
+    for (path, len) in [
+        ("spec.server.tolerations", spec.server.tolerations.len()),
+        ("spec.credentials", spec.credentials.len()),
+        ("spec.connectors", spec.connectors.len()),
+        ("spec.network.ingressFrom", spec.network.ingress_from.len()),
+        ("spec.network.egress.cidrs", spec.network.egress.cidrs.len()),
+        ("spec.network.egress.ports", spec.network.egress.ports.len()),
+        ("spec.rateLimits.perTool", spec.rate_limits.per_tool.len()),
+    ] {
+        check_len(path, path, len, errors);
+    }
+    for (i, connector) in spec.connectors.iter().enumerate() {
+        check_len(
+            &format!("spec.connectors[{i}].allow"),
+            "spec.connectors[].allow",
+            connector.allow.len(),
+            errors,
+        );
+    }
+    if let Some(name) = &spec.display_name
+        && (name.chars().count() > 256 || name.chars().any(char::is_control))
+    {
+        errors.add(
+            "spec.displayName",
+            "must be at most 256 characters without control characters",
+        );
+    }
+
+    let server = &spec.server;
+    if let Some(replicas) = server.replicas
+        && !(0..=MAX_REPLICAS).contains(&replicas)
+    {
+        errors.add(
+            "spec.server.replicas",
+            format!("{replicas} is out of range: must be between 0 and {MAX_REPLICAS}"),
+        );
+    }
+    if let Some(image) = &server.image
+        && (image.is_empty() || image.len() > 512 || image.chars().any(char::is_whitespace))
+    {
+        errors.add(
+            "spec.server.image",
+            "must be a non-empty image reference without spaces",
+        );
+    }
+    if let Some(class) = &server.runtime_class_name
+        && !is_dns_subdomain(class)
+    {
+        errors.add(
+            "spec.server.runtimeClassName",
+            format!("{class:?} is not a valid RuntimeClass name (DNS-1123 subdomain)"),
+        );
+    }
+
+    let mut credential_names = BTreeSet::new();
+    for (i, credential) in spec.credentials.iter().enumerate() {
+        let field = format!("spec.credentials[{i}]");
+        validate_ref_name(&format!("{field}.name"), &credential.name, errors);
+        if !credential_names.insert(credential.name.as_str()) {
+            errors.add(
+                format!("{field}.name"),
+                format!(
+                    "credential {:?} is declared more than once",
+                    credential.name
+                ),
+            );
+        }
+        if !is_secret_key(&credential.key) {
+            errors.add(
+                format!("{field}.key"),
+                format!(
+                    "{:?} is not a valid Secret key (letters, digits, '-', '_' and '.', at most 253 characters)",
+                    credential.key
+                ),
+            );
+        }
+    }
+
+    let mut connector_names = BTreeSet::new();
+    for (i, connector) in spec.connectors.iter().enumerate() {
+        let field = format!("spec.connectors[{i}]");
+        validate_ref_name(&format!("{field}.name"), &connector.name, errors);
+        if !connector_names.insert(connector.name.as_str()) {
+            errors.add(
+                format!("{field}.name"),
+                format!("connector {:?} is declared more than once", connector.name),
+            );
+        }
+        validate_connector(&field, connector, &credential_names, errors);
+    }
+
+    for (i, selector) in spec.network.ingress_from.iter().enumerate() {
+        let has_labels = selector
+            .match_labels
+            .as_ref()
+            .is_some_and(|l| !l.is_empty());
+        let has_expressions = selector
+            .match_expressions
+            .as_ref()
+            .is_some_and(|e| !e.is_empty());
+        if !has_labels && !has_expressions {
+            errors.add(
+                format!("spec.network.ingressFrom[{i}]"),
+                "an empty selector would admit every namespace; name the namespaces with matchLabels or matchExpressions",
+            );
+        }
+        // The API server checks these when the NetworkPolicy is applied; here
+        // they are refused before anything is built.
+        for (j, requirement) in selector.match_expressions.iter().flatten().enumerate() {
+            let field = format!("spec.network.ingressFrom[{i}].matchExpressions[{j}]");
+            let has_values = requirement.values.as_ref().is_some_and(|v| !v.is_empty());
+            match requirement.operator.as_str() {
+                "In" | "NotIn" if !has_values => errors.add(
+                    format!("{field}.values"),
+                    "must not be empty for In and NotIn",
+                ),
+                "Exists" | "DoesNotExist" if has_values => errors.add(
+                    format!("{field}.values"),
+                    "must be empty for Exists and DoesNotExist",
+                ),
+                "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+                other => errors.add(
+                    format!("{field}.operator"),
+                    format!("{other:?} is not one of In, NotIn, Exists, DoesNotExist"),
+                ),
+            }
+        }
+    }
+    let mut cidrs = BTreeSet::new();
+    for (i, cidr) in spec.network.egress.cidrs.iter().enumerate() {
+        let field = format!("spec.network.egress.cidrs[{i}]");
+        match cidr.parse::<Cidr>() {
+            Ok(parsed) => {
+                if !cidrs.insert(parsed) {
+                    errors.add(field, format!("{cidr} is listed more than once"));
+                }
+            }
+            Err(e) => errors.add(field, e.to_string()),
+        }
+    }
+    let mut ports = BTreeSet::new();
+    for (i, port) in spec.network.egress.ports.iter().enumerate() {
+        let field = format!("spec.network.egress.ports[{i}]");
+        if !(1..=65535).contains(port) {
+            errors.add(field, format!("{port} is not a TCP port (1-65535)"));
+        } else if !ports.insert(*port) {
+            errors.add(field, format!("port {port} is listed more than once"));
+        }
+    }
+
+    let quota = &spec.quota;
+    for (name, value) in [("cpu", &quota.cpu), ("memory", &quota.memory)] {
+        if let Some(quantity) = value
+            && !is_positive_quantity(quantity)
+        {
+            errors.add(
+                format!("spec.quota.{name}"),
+                format!(
+                    "{:?} is not a positive quantity (e.g. \"2\", \"500m\", \"4Gi\")",
+                    quantity.0
+                ),
+            );
+        }
+    }
+    for (name, value) in [
+        ("pods", quota.pods),
+        ("services", quota.services),
+        ("configMaps", quota.config_maps),
+        ("secrets", quota.secrets),
+        ("persistentVolumeClaims", quota.persistent_volume_claims),
+    ] {
+        if let Some(count) = value
+            && count < 0
+        {
+            errors.add(format!("spec.quota.{name}"), format!("{count} is negative"));
+        }
+    }
+
+    if let Some(limit) = &spec.rate_limits.per_caller {
+        validate_rate_limit("spec.rateLimits.perCaller", limit, errors);
+    }
+    let mut tools = BTreeSet::new();
+    for (i, tool) in spec.rate_limits.per_tool.iter().enumerate() {
+        let field = format!("spec.rateLimits.perTool[{i}]");
+        if tool.tool.is_empty() || tool.tool.len() > 128 {
+            errors.add(
+                format!("{field}.tool"),
+                "must name a tool (1 to 128 characters)",
+            );
+        } else if !tools.insert(tool.tool.as_str()) {
+            errors.add(
+                format!("{field}.tool"),
+                format!("tool {:?} has more than one rate limit", tool.tool),
+            );
+        }
+        validate_rate_limit(
+            &field,
+            &RateLimit {
+                requests_per_minute: tool.requests_per_minute,
+                burst: tool.burst,
+            },
+            errors,
+        );
+    }
+}
+
+/// Credential and connector names: the names connectors and tools use.
+fn validate_ref_name(field: &str, name: &str, errors: &mut Errors) {
+    let valid = name.len() <= MAX_REF_NAME_LEN
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && !name.ends_with(['-', '_']);
+    if !valid {
+        errors.add(
+            field,
+            format!(
+                "{name:?} is not a valid name (lower-case letter first, then lower-case letters, digits, '-' or '_', at most {MAX_REF_NAME_LEN} characters)"
+            ),
+        );
+    }
+}
+
+fn is_secret_key(key: &str) -> bool {
+    !key.is_empty()
+        && key.len() <= 253
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn validate_connector(
+    field: &str,
+    connector: &Connector,
+    credentials: &BTreeSet<&str>,
+    errors: &mut Errors,
+) {
+    if let Err(reason) = check_base_url(&connector.base_url) {
+        errors.add(
+            format!("{field}.baseUrl"),
+            format!("{:?} {reason}", connector.base_url),
+        );
+    }
+    if let Some(credential) = &connector.credential
+        && !credentials.contains(credential.as_str())
+    {
+        errors.add(
+            format!("{field}.credential"),
+            format!("credential {credential:?} is not declared in spec.credentials"),
+        );
+    }
+    match connector.connector_type {
+        ConnectorType::Http if connector.allow.is_empty() => errors.add(
+            format!("{field}.allow"),
+            "an http connector needs at least one allowed method and path",
+        ),
+        ConnectorType::Github if !connector.allow.is_empty() => errors.add(
+            format!("{field}.allow"),
+            "only http connectors take an allow-list; github connectors expose a fixed set of read-only tools",
+        ),
+        _ => {}
+    }
+    for (j, rule) in connector.allow.iter().enumerate() {
+        let rule_field = format!("{field}.allow[{j}]");
+        if !ALLOWED_METHODS.contains(&rule.method.as_str()) {
+            errors.add(
+                format!("{rule_field}.method"),
+                format!(
+                    "{:?} is not one of {}",
+                    rule.method,
+                    ALLOWED_METHODS.join(", ")
+                ),
+            );
+        }
+        if let Err(reason) = check_path_pattern(&rule.path) {
+            errors.add(
+                format!("{rule_field}.path"),
+                format!("{:?} {reason}", rule.path),
+            );
+        }
+    }
+}
+
+/// An upstream base URL: http(s), a host, no credentials, query or fragment.
+fn check_base_url(url: &str) -> Result<(), &'static str> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or("must start with https:// (or http://)")?;
+    if url.len() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must be at most 2048 characters without spaces");
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err("has no host");
+    }
+    if authority.contains('@') {
+        return Err("must not carry user information; name a credential instead");
+    }
+    if rest.contains(['?', '#']) {
+        return Err("must not carry a query or fragment");
+    }
+    Ok(())
+}
+
+/// An allow-list path pattern: absolute, `*` as a whole segment, `**` only last.
+fn check_path_pattern(path: &str) -> Result<(), &'static str> {
+    if !path.starts_with('/') {
+        return Err("must start with '/'");
+    }
+    if path.len() > MAX_PATH_LEN || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("must be at most 512 characters without spaces");
+    }
+    if path.contains(['?', '#']) {
+        return Err("must not carry a query or fragment");
+    }
+    let segments: Vec<&str> = path[1..].split('/').collect();
+    for (i, segment) in segments.iter().enumerate() {
+        if *segment == "**" && i + 1 != segments.len() {
+            return Err("may use '**' only as the last segment");
+        }
+        if segment.contains('*') && *segment != "*" && *segment != "**" {
+            return Err("may use '*' only as a whole path segment");
+        }
+        if *segment == ".." || *segment == "." {
+            return Err("must not contain '.' or '..' segments");
+        }
+    }
+    Ok(())
+}
+
+fn validate_rate_limit(field: &str, limit: &RateLimit, errors: &mut Errors) {
+    if limit.requests_per_minute == 0 {
+        errors.add(
+            format!("{field}.requestsPerMinute"),
+            "must be at least 1 (remove the connector or tool to forbid it)",
+        );
+    }
+    if limit.burst == 0 {
+        errors.add(format!("{field}.burst"), "must be at least 1");
+    }
+}
+
+/// True for a Kubernetes quantity greater than zero: a decimal number with
+/// an optional binary (`Ki`..`Ei`) or decimal (`m`, `k`..`E`) suffix or a
+/// decimal exponent (`1e3`), as the API server's `isQuantity` accepts.
+pub fn is_positive_quantity(quantity: &Quantity) -> bool {
+    const SUFFIXES: &[&str] = &[
+        "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "n", "u", "m", "k", "M", "G", "T", "P", "E", "",
+    ];
+    let s = quantity.0.as_str();
+    let is_digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    let exponent_split = s.rfind(['e', 'E']).and_then(|i| {
+        let exponent = &s[i + 1..];
+        let digits = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
+        (!digits.is_empty() && is_digits(digits)).then_some(&s[..i])
+    });
+    let Some(number) =
+        exponent_split.or_else(|| SUFFIXES.iter().find_map(|suffix| s.strip_suffix(suffix)))
+    else {
+        return false;
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    !(whole.is_empty() && fraction.is_empty())
+        && is_digits(whole)
+        && is_digits(fraction)
+        && number.bytes().any(|b| (b'1'..=b'9').contains(&b))
+}

@@ -1,0 +1,279 @@
+//! Applying children with server-side apply, skipping those already in
+//! place, and pruning the ones the spec no longer wants.
+//!
+//! Every write uses one field manager ([`FIELD_MANAGER`]) with `force`, so
+//! the operator owns exactly the fields it sets and wins conflicts over
+//! hand edits of those fields (which is what healing means).
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, ResourceQuota, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::drift::is_semantic_subset;
+use super::error::{Error, Result};
+use crate::labels::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, TENANT_LABEL};
+
+/// A child object after [`ensure_child`]: the live state and whether it was written.
+#[derive(Debug)]
+pub struct Ensured<K> {
+    /// The object as the API server holds it now.
+    pub object: K,
+    /// True when the object was missing or drifted and had to be applied.
+    pub written: bool,
+}
+
+/// Kind name of a child type, for messages and errors.
+pub fn kind_of<K: Resource<DynamicType = ()>>() -> String {
+    K::kind(&()).into_owned()
+}
+
+/// Kind name of a child object.
+pub fn kind_of_val<K: Resource<DynamicType = ()>>(_object: &K) -> String {
+    kind_of::<K>()
+}
+
+/// Applies `desired` unless `live` already carries every desired field.
+///
+/// `live` is the object as read just before (None when absent). A missing
+/// or drifted child is applied as a whole, so a hand edit of any field the
+/// operator sets is reverted while fields it does not set are left alone.
+pub async fn ensure_child<K>(api: &Api<K>, desired: &K, live: Option<K>) -> Result<Ensured<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let name = child_name(desired)?;
+    if let Some(live) = live {
+        let desired_json = to_json(desired, &name)?;
+        let live_json = to_json(&live, &name)?;
+        if is_semantic_subset(&desired_json, &live_json) {
+            return Ok(Ensured {
+                object: live,
+                written: false,
+            });
+        }
+    }
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let object = api
+        .patch(&name, &params, &Patch::Apply(desired))
+        .await
+        .map_err(|e| Error::kube(format!("apply {} {name}", kind_of::<K>()), e))?;
+    Ok(Ensured {
+        object,
+        written: true,
+    })
+}
+
+/// Reads a child by name; `None` when it does not exist.
+pub async fn read_child<K>(api: &Api<K>, name: &str) -> Result<Option<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    api.get_opt(name)
+        .await
+        .map_err(|e| Error::kube(format!("read {} {name}", kind_of::<K>()), e))
+}
+
+/// Reads the child named like `desired` and applies it if needed.
+pub async fn read_and_ensure<K>(api: &Api<K>, desired: &K) -> Result<Ensured<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let live = read_child(api, &child_name(desired)?).await?;
+    ensure_child(api, desired, live).await
+}
+
+/// Whether `object` names the Tenant with `tenant_uid` among its owners.
+pub fn is_owned_by(object: &impl Resource, tenant_uid: &str) -> bool {
+    object
+        .owner_references()
+        .iter()
+        .any(|owner| owner.uid == tenant_uid)
+}
+
+/// Label selector of every child of one tenant.
+pub fn tenant_selector(tenant_id: &str) -> String {
+    format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{TENANT_LABEL}={tenant_id}")
+}
+
+/// Names of the children one reconcile wants, by kind.
+#[derive(Debug, Default)]
+pub struct WantedNames {
+    /// `(kind, name)` of every namespaced child the spec wants.
+    pub names: BTreeSet<(String, String)>,
+}
+
+impl WantedNames {
+    /// Records that the spec wants `object`.
+    pub fn insert<K: Resource<DynamicType = ()>>(&mut self, object: &K) {
+        self.names.insert((kind_of::<K>(), object.name_any()));
+    }
+
+    fn wants<K: Resource<DynamicType = ()>>(&self, name: &str) -> bool {
+        self.names.contains(&(kind_of::<K>(), name.to_owned()))
+    }
+}
+
+/// Deletes this tenant's children the spec no longer wants, in `namespace`.
+///
+/// Only objects carrying both Bulkhead labels for this tenant AND an owner
+/// reference to this Tenant's UID are candidates, so an object someone else
+/// created (even one with copied labels) is never deleted. Kinds are swept
+/// in reverse apply order: the server goes before its policy and RBAC.
+/// Returns `kind/name` of every deleted object.
+pub async fn prune(
+    client: &Client,
+    namespace: &str,
+    tenant_id: &str,
+    tenant_uid: &str,
+    wanted: &WantedNames,
+) -> Result<Vec<String>> {
+    let selector = tenant_selector(tenant_id);
+    let mut deleted = Vec::new();
+    prune_kind::<Deployment>(
+        client,
+        namespace,
+        &selector,
+        tenant_uid,
+        wanted,
+        &mut deleted,
+    )
+    .await?;
+    prune_kind::<Service>(
+        client,
+        namespace,
+        &selector,
+        tenant_uid,
+        wanted,
+        &mut deleted,
+    )
+    .await?;
+    prune_kind::<ConfigMap>(
+        client,
+        namespace,
+        &selector,
+        tenant_uid,
+        wanted,
+        &mut deleted,
+    )
+    .await?;
+    prune_kind::<LimitRange>(
+        client,
+        namespace,
+        &selector,
+        tenant_uid,
+        wanted,
+        &mut deleted,
+    )
+    .await?;
+    prune_kind::<ResourceQuota>(
+        client,
+        namespace,
+        &selector,
+        tenant_uid,
+        wanted,
+        &mut deleted,
+    )
+    .await?;
+    prune_kind::<NetworkPolicy>(
+        client,
+        namespace,
+        &selector,
+        tenant_uid,
+        wanted,
+        &mut deleted,
+    )
+    .await?;
+    prune_kind::<RoleBinding>(
+        client,
+        namespace,
+        &selector,
+        tenant_uid,
+        wanted,
+        &mut deleted,
+    )
+    .await?;
+    prune_kind::<ServiceAccount>(
+        client,
+        namespace,
+        &selector,
+        tenant_uid,
+        wanted,
+        &mut deleted,
+    )
+    .await?;
+    Ok(deleted)
+}
+
+async fn prune_kind<K>(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+    tenant_uid: &str,
+    wanted: &WantedNames,
+    deleted: &mut Vec<String>,
+) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    let kind = kind_of::<K>();
+    let live = api
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(|e| Error::kube(format!("list {kind} in {namespace}"), e))?;
+    for object in live.items {
+        let name = object.name_any();
+        if wanted.wants::<K>(&name)
+            || !is_owned_by(&object, tenant_uid)
+            || !has_tenant_labels(&object, selector)
+        {
+            continue;
+        }
+        match api.delete(&name, &DeleteParams::background()).await {
+            Ok(_) => deleted.push(format!("{kind}/{name}")),
+            // Already gone: the goal is reached.
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => return Err(Error::kube(format!("delete {kind} {namespace}/{name}"), e)),
+        }
+    }
+    Ok(())
+}
+
+/// Re-checks the selector's labels on the object itself, so a server (or
+/// test double) that ignored the selector can never widen what is deleted.
+fn has_tenant_labels(object: &impl Resource, selector: &str) -> bool {
+    let labels = object.labels();
+    selector.split(',').all(|requirement| {
+        requirement
+            .split_once('=')
+            .is_some_and(|(key, value)| labels.get(key).is_some_and(|v| v == value))
+    })
+}
+
+fn child_name<K: Resource<DynamicType = ()>>(object: &K) -> Result<String> {
+    object
+        .meta()
+        .name
+        .clone()
+        .ok_or_else(|| Error::UnnamedChild {
+            kind: kind_of::<K>(),
+        })
+}
+
+fn to_json<K: Serialize>(object: &K, name: &str) -> Result<serde_json::Value> {
+    serde_json::to_value(object).map_err(|source| Error::Serialize {
+        what: name.to_owned(),
+        source,
+    })
+}

@@ -1,0 +1,193 @@
+//! What happens when a Tenant is deleted.
+//!
+//! **Delete** (the default) relies on owner references alone: every child,
+//! the Namespace included, names the Tenant as its controlling owner, so
+//! Kubernetes' garbage collector removes the namespace (and with it
+//! everything inside) once the Tenant is gone. No finalizer is involved, so
+//! deleting a Tenant works even while the operator is down or uninstalled,
+//! and a Tenant can never get stuck in `Terminating` because of Bulkhead.
+//!
+//! **Retain** needs the operator to act before the Tenant disappears, so
+//! only Retain Tenants carry the [`RETAIN_FINALIZER`]. When such a Tenant is
+//! deleted, the controller removes this Tenant's owner references from every
+//! child (the garbage collector then has nothing to collect) and only then
+//! drops the finalizer. The namespace and its contents stay, keeping their
+//! Bulkhead labels so people can find them; a new Tenant of the same name
+//! will not adopt them (its UID differs), it reports a namespace conflict.
+//! Switching a live Tenant from Retain to Delete removes the finalizer again.
+
+use std::fmt::Debug;
+
+use bulkhead_crds::Tenant;
+use bulkhead_crds::tenant::DeletionPolicy;
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, LimitRange, Namespace, ResourceQuota, Service, ServiceAccount,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::apply::{is_owned_by, kind_of, tenant_selector};
+use super::error::{Error, Result};
+use crate::labels::FIELD_MANAGER;
+
+/// Finalizer that holds a `deletionPolicy: Retain` Tenant until its children
+/// are released from it.
+pub const RETAIN_FINALIZER: &str = "bulkhead.dev/retain-namespace";
+
+/// Whether the Tenant carries the [`RETAIN_FINALIZER`].
+pub fn has_retain_finalizer(tenant: &Tenant) -> bool {
+    tenant.finalizers().iter().any(|f| f == RETAIN_FINALIZER)
+}
+
+/// Adds or removes the finalizer to match `deletionPolicy`.
+///
+/// Returns the Tenant as stored after the change, or `None` when nothing
+/// had to change.
+pub async fn sync_finalizer(api: &Api<Tenant>, tenant: &Tenant) -> Result<Option<Tenant>> {
+    let wanted = tenant.spec.deletion_policy == DeletionPolicy::Retain;
+    if wanted == has_retain_finalizer(tenant) {
+        return Ok(None);
+    }
+    let mut finalizers: Vec<String> = tenant
+        .finalizers()
+        .iter()
+        .filter(|f| *f != RETAIN_FINALIZER)
+        .cloned()
+        .collect();
+    if wanted {
+        finalizers.push(RETAIN_FINALIZER.to_owned());
+    }
+    patch_finalizers(api, tenant, finalizers).await.map(Some)
+}
+
+/// Releases every child of a deleted Retain Tenant, then removes the
+/// finalizer so the Tenant can go.
+///
+/// Returns the `kind/name` of every child that was released.
+pub async fn release_children(
+    client: &Client,
+    tenant: &Tenant,
+    tenant_namespace: &str,
+) -> Result<Vec<String>> {
+    let id = tenant.name_any();
+    let uid = tenant.uid().unwrap_or_default();
+    let selector = tenant_selector(&id);
+    let mut released = Vec::new();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    release_in(&namespaces, &selector, &uid, &mut released).await?;
+    release_namespaced::<ServiceAccount>(client, tenant_namespace, &selector, &uid, &mut released)
+        .await?;
+    release_namespaced::<RoleBinding>(client, tenant_namespace, &selector, &uid, &mut released)
+        .await?;
+    release_namespaced::<NetworkPolicy>(client, tenant_namespace, &selector, &uid, &mut released)
+        .await?;
+    release_namespaced::<ResourceQuota>(client, tenant_namespace, &selector, &uid, &mut released)
+        .await?;
+    release_namespaced::<LimitRange>(client, tenant_namespace, &selector, &uid, &mut released)
+        .await?;
+    release_namespaced::<ConfigMap>(client, tenant_namespace, &selector, &uid, &mut released)
+        .await?;
+    release_namespaced::<Service>(client, tenant_namespace, &selector, &uid, &mut released).await?;
+    release_namespaced::<Deployment>(client, tenant_namespace, &selector, &uid, &mut released)
+        .await?;
+    let remaining = tenant
+        .finalizers()
+        .iter()
+        .filter(|f| *f != RETAIN_FINALIZER)
+        .cloned()
+        .collect();
+    let api: Api<Tenant> = Api::all(client.clone());
+    match patch_finalizers(&api, tenant, remaining).await {
+        // Not found: removing the last finalizer completed the deletion.
+        Ok(_) => {}
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e),
+    }
+    Ok(released)
+}
+
+async fn release_namespaced<K>(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+    tenant_uid: &str,
+    released: &mut Vec<String>,
+) -> Result<()>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    release_in(&api, selector, tenant_uid, released).await
+}
+
+/// Removes this Tenant's owner reference from every labelled object of one kind.
+async fn release_in<K>(
+    api: &Api<K>,
+    selector: &str,
+    tenant_uid: &str,
+    released: &mut Vec<String>,
+) -> Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    let kind = kind_of::<K>();
+    let objects = api
+        .list(&ListParams::default().labels(selector))
+        .await
+        .map_err(|e| Error::kube(format!("list {kind} to release"), e))?;
+    for object in objects.items.iter().filter(|o| is_owned_by(*o, tenant_uid)) {
+        let name = object.name_any();
+        let remaining: Vec<_> = object
+            .owner_references()
+            .iter()
+            .filter(|owner| owner.uid != tenant_uid)
+            .cloned()
+            .collect();
+        // resourceVersion makes the patch fail instead of overwriting owner
+        // references someone else changed meanwhile; the retry re-reads.
+        let patch = json!({
+            "metadata": {
+                "resourceVersion": object.resource_version(),
+                "ownerReferences": if remaining.is_empty() { serde_json::Value::Null } else { json!(remaining) },
+            }
+        });
+        api.patch(&name, &merge_params(), &Patch::Merge(&patch))
+            .await
+            .map_err(|e| Error::kube(format!("release {kind} {name} from its Tenant"), e))?;
+        released.push(format!("{kind}/{name}"));
+    }
+    Ok(())
+}
+
+async fn patch_finalizers(
+    api: &Api<Tenant>,
+    tenant: &Tenant,
+    finalizers: Vec<String>,
+) -> Result<Tenant> {
+    let name = tenant.name_any();
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": tenant.resource_version(),
+            "finalizers": finalizers,
+        }
+    });
+    api.patch(&name, &merge_params(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| Error::kube(format!("update finalizers of Tenant {name}"), e))
+}
+
+fn merge_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    }
+}

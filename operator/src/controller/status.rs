@@ -1,0 +1,394 @@
+//! The Tenant's status: conditions computed from what reconcile observed,
+//! written by server-side apply on the status subresource, and Events on
+//! transitions of `Ready`.
+//!
+//! Shape for tools that read it:
+//! - `kubectl wait --for=condition=Ready tenant/<id>` reads `Ready`.
+//! - Flux (kstatus) first compares `status.observedGeneration` with
+//!   `metadata.generation`, then reads `Ready`; every condition also carries
+//!   `observedGeneration`.
+//! - Argo CD: a health check on `Ready` (see the README).
+//! - kstatus' "abnormal-true" conventions: while not Ready the status also
+//!   carries `Reconciling=True` (the controller is still converging, e.g.
+//!   the server is starting) or `Stalled=True` (a person must act: invalid
+//!   spec, namespace conflict, malformed object), so Flux fails fast on the
+//!   latter instead of waiting for its timeout. Both are absent when Ready.
+//!
+//! Each condition keeps its `lastTransitionTime` while its status is
+//! unchanged, so an unchanged Tenant computes an identical status and the
+//! controller writes nothing.
+
+use bulkhead_crds::{Tenant, TenantStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::{Api, Resource};
+use serde_json::json;
+
+use super::error::{Error, Result};
+use crate::labels::FIELD_MANAGER;
+
+/// `True` only when every other condition is `True`.
+pub const READY: &str = "Ready";
+/// The tenant namespace exists and belongs to this Tenant.
+pub const NAMESPACE_READY: &str = "NamespaceReady";
+/// The default-deny NetworkPolicy is in place.
+pub const NETWORK_ISOLATED: &str = "NetworkIsolated";
+/// The server's ServiceAccount may read exactly its own Secrets.
+pub const CREDENTIALS_BOUND: &str = "CredentialsBound";
+/// The server Deployment reports itself Available.
+pub const SERVER_AVAILABLE: &str = "ServerAvailable";
+
+/// kstatus: the controller is still working towards the spec.
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus: the controller cannot make progress without a change by a person.
+pub const STALLED: &str = "Stalled";
+
+/// The part conditions, in the order they are reported.
+pub const PARTS: [&str; 4] = [
+    NAMESPACE_READY,
+    NETWORK_ISOLATED,
+    CREDENTIALS_BOUND,
+    SERVER_AVAILABLE,
+];
+
+/// Status of one condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Truth {
+    /// The part is in the wanted state.
+    True,
+    /// The part is not (yet) in the wanted state.
+    False,
+    /// The controller could not tell.
+    Unknown,
+}
+
+impl Truth {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::True => "True",
+            Self::False => "False",
+            Self::Unknown => "Unknown",
+        }
+    }
+}
+
+/// One condition as the controller judged it, before timestamps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// Condition type, e.g. [`NAMESPACE_READY`].
+    pub type_: &'static str,
+    /// Its status.
+    pub status: Truth,
+    /// CamelCase reason, stable for alerting.
+    pub reason: String,
+    /// What a person should know or do.
+    pub message: String,
+}
+
+impl Verdict {
+    /// A verdict of `type_`.
+    pub fn new(
+        type_: &'static str,
+        status: Truth,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            type_,
+            status,
+            reason: reason.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Everything the status is computed from.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// The tenant namespace, when known.
+    pub namespace: Option<String>,
+    /// The MCP endpoint, when known.
+    pub endpoint: Option<String>,
+    /// Verdicts on the parts; missing parts keep their previous condition.
+    pub parts: Vec<Verdict>,
+    /// A Ready verdict that overrides the one derived from the parts, for
+    /// states only a person can resolve (invalid spec, malformed object,
+    /// namespace conflict); reported as `Stalled`.
+    pub ready: Option<Verdict>,
+}
+
+/// Computes the Ready verdict from the part verdicts.
+fn derive_ready(parts: &[Condition]) -> Verdict {
+    let not_ready: Vec<&Condition> = parts.iter().filter(|c| c.status != "True").collect();
+    match not_ready.first() {
+        None => Verdict::new(
+            READY,
+            Truth::True,
+            "AllPartsReady",
+            "namespace, network isolation, credentials and server are all ready",
+        ),
+        Some(first) => {
+            let status = if not_ready.iter().any(|c| c.status == "False") {
+                Truth::False
+            } else {
+                Truth::Unknown
+            };
+            let message = not_ready
+                .iter()
+                .map(|c| format!("{}: {}", c.type_, c.message))
+                .collect::<Vec<_>>()
+                .join("; ");
+            Verdict::new(READY, status, &first.reason, message)
+        }
+    }
+}
+
+/// Builds the status to write, keeping transition times of unchanged conditions.
+pub fn desired_status(
+    report: &Report,
+    generation: Option<i64>,
+    previous: Option<&TenantStatus>,
+) -> TenantStatus {
+    let previous_conditions: &[Condition] = previous
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let now = Timestamp::now();
+    let to_condition = |verdict: &Verdict| -> Condition {
+        let earlier = previous_conditions
+            .iter()
+            .find(|c| c.type_ == verdict.type_);
+        let last_transition_time = match earlier {
+            Some(c) if c.status == verdict.status.as_str() => c.last_transition_time.clone(),
+            _ => Time(now),
+        };
+        Condition {
+            type_: verdict.type_.to_owned(),
+            status: verdict.status.as_str().to_owned(),
+            reason: verdict.reason.clone(),
+            message: verdict.message.clone(),
+            observed_generation: generation,
+            last_transition_time,
+        }
+    };
+    let mut parts = Vec::new();
+    for part in PARTS {
+        if let Some(verdict) = report.parts.iter().find(|v| v.type_ == part) {
+            parts.push(to_condition(verdict));
+        } else if let Some(earlier) = previous_conditions.iter().find(|c| c.type_ == part) {
+            // Not judged this time (e.g. the spec is invalid): the last
+            // judgement stays, with the generation it was made for.
+            parts.push(earlier.clone());
+        }
+    }
+    let stalled = report.ready.is_some();
+    let ready = report.ready.clone().unwrap_or_else(|| derive_ready(&parts));
+    let mut conditions = vec![to_condition(&ready)];
+    conditions.extend(parts);
+    if ready.status != Truth::True {
+        let kstatus_type = if stalled { STALLED } else { RECONCILING };
+        conditions.push(to_condition(&Verdict {
+            type_: kstatus_type,
+            status: Truth::True,
+            ..ready
+        }));
+    }
+    TenantStatus {
+        observed_generation: generation,
+        namespace: report
+            .namespace
+            .clone()
+            .or_else(|| previous.and_then(|s| s.namespace.clone())),
+        endpoint: report
+            .endpoint
+            .clone()
+            .or_else(|| previous.and_then(|s| s.endpoint.clone())),
+        conditions,
+    }
+}
+
+/// Writes `status` unless the live status is already equal. Returns whether it wrote.
+pub async fn write_status(
+    api: &Api<Tenant>,
+    name: &str,
+    status: &TenantStatus,
+    live: Option<&TenantStatus>,
+) -> Result<bool> {
+    if live == Some(status) {
+        return Ok(false);
+    }
+    let body = json!({
+        "apiVersion": Tenant::api_version(&()),
+        "kind": Tenant::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("write status of Tenant {name}"), e))?;
+    Ok(true)
+}
+
+/// The Ready condition of a status, if any.
+pub fn ready_condition(status: Option<&TenantStatus>) -> Option<&Condition> {
+    status.and_then(|s| s.conditions.iter().find(|c| c.type_ == READY))
+}
+
+/// An Event worth publishing when Ready changed between two statuses.
+pub fn ready_transition(
+    previous: Option<&TenantStatus>,
+    next: &TenantStatus,
+) -> Option<(EventType, String, String)> {
+    let next_ready = ready_condition(Some(next))?;
+    let unchanged = ready_condition(previous).is_some_and(|before| {
+        before.status == next_ready.status && before.reason == next_ready.reason
+    });
+    if unchanged {
+        return None;
+    }
+    let event_type = match next_ready.status.as_str() {
+        "True" => EventType::Normal,
+        // A server still starting is expected, not a warning.
+        _ if next_ready.reason == "DeploymentProgressing" => EventType::Normal,
+        _ => EventType::Warning,
+    };
+    Some((
+        event_type,
+        next_ready.reason.clone(),
+        next_ready.message.clone(),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_parts(status: Truth) -> Vec<Verdict> {
+        PARTS
+            .iter()
+            .map(|p| Verdict::new(p, status, "Because", "said so"))
+            .collect()
+    }
+
+    #[test]
+    fn ready_is_true_only_when_every_part_is_true() {
+        let ok = desired_status(
+            &Report {
+                parts: all_parts(Truth::True),
+                ..Report::default()
+            },
+            Some(3),
+            None,
+        );
+        assert_eq!(
+            ready_condition(Some(&ok)).map(|c| c.status.as_str()),
+            Some("True")
+        );
+        assert_eq!(ok.observed_generation, Some(3));
+        assert!(
+            ok.conditions
+                .iter()
+                .all(|c| c.observed_generation == Some(3))
+        );
+        assert_eq!(
+            ok.conditions.len(),
+            5,
+            "no Reconciling or Stalled when Ready"
+        );
+
+        let mut parts = all_parts(Truth::True);
+        parts[3] = Verdict::new(
+            SERVER_AVAILABLE,
+            Truth::False,
+            "DeploymentProgressing",
+            "0/1 available",
+        );
+        let waiting = desired_status(
+            &Report {
+                parts,
+                ..Report::default()
+            },
+            Some(3),
+            None,
+        );
+        let ready = ready_condition(Some(&waiting));
+        assert_eq!(
+            ready.map(|c| (c.status.as_str(), c.reason.as_str())),
+            Some(("False", "DeploymentProgressing"))
+        );
+        assert!(ready.is_some_and(|c| c.message.contains("ServerAvailable: 0/1 available")));
+        assert!(
+            waiting
+                .conditions
+                .iter()
+                .any(|c| c.type_ == RECONCILING && c.status == "True")
+        );
+        assert!(!waiting.conditions.iter().any(|c| c.type_ == STALLED));
+    }
+
+    #[test]
+    fn unchanged_verdicts_give_an_identical_status_and_no_event() {
+        let report = Report {
+            parts: all_parts(Truth::True),
+            ..Report::default()
+        };
+        let first = desired_status(&report, Some(1), None);
+        let second = desired_status(&report, Some(1), Some(&first));
+        assert_eq!(first, second);
+        assert!(ready_transition(Some(&first), &second).is_none());
+        let event = ready_transition(None, &first);
+        assert_eq!(
+            event.map(|(t, r, _)| (t, r)),
+            Some((EventType::Normal, "AllPartsReady".to_owned()))
+        );
+    }
+
+    #[test]
+    fn an_override_keeps_earlier_part_conditions() {
+        let first = desired_status(
+            &Report {
+                parts: all_parts(Truth::True),
+                ..Report::default()
+            },
+            Some(1),
+            None,
+        );
+        let invalid = Report {
+            ready: Some(Verdict::new(
+                READY,
+                Truth::False,
+                "InvalidSpec",
+                "spec.connectors[0].credential: undeclared",
+            )),
+            ..Report::default()
+        };
+        let second = desired_status(&invalid, Some(2), Some(&first));
+        assert_eq!(second.conditions.len(), 6);
+        assert!(
+            second
+                .conditions
+                .iter()
+                .any(|c| c.type_ == STALLED && c.reason == "InvalidSpec")
+        );
+        let parts: Vec<_> = second
+            .conditions
+            .iter()
+            .filter(|c| PARTS.contains(&c.type_.as_str()))
+            .collect();
+        assert_eq!(parts.len(), 4);
+        assert!(
+            parts
+                .iter()
+                .all(|c| c.observed_generation == Some(1) && c.status == "True")
+        );
+        let event = ready_transition(Some(&first), &second);
+        assert_eq!(
+            event.map(|(t, r, _)| (t, r)),
+            Some((EventType::Warning, "InvalidSpec".to_owned()))
+        );
+    }
+}
