@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 use bulkhead_crds::server_config::{API_KEYS_SECRET_NAME, CREDENTIALS_SECRET_NAME};
-use bulkhead_operator::build::SECRET_READER_CLUSTER_ROLE;
+use bulkhead_operator::build::service_account::SERVICE_ACCOUNT_NAME;
+use bulkhead_operator::build::{SECRET_READER_CLUSTER_ROLE, desired_objects};
+use bulkhead_operator::render::parse_tenant;
 use bulkhead_operator::render::render_tenant;
 use bulkhead_operator::settings::OperatorSettings;
 use serde_json::{Value, json};
@@ -139,6 +141,55 @@ fn operator_deployment_is_hardened() {
         container["resources"]["limits"].is_object()
             && container["resources"]["requests"].is_object()
     );
+}
+
+#[test]
+fn secret_reader_binding_guard_admits_only_the_bindings_the_builders_make() {
+    let (_, docs) = documents("operator/secret-reader-binding-guard.yaml");
+    let (policy, binding) = (&docs[0], &docs[1]);
+    assert_eq!(policy["kind"], "ValidatingAdmissionPolicy");
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    let rule = &policy["spec"]["matchConstraints"]["resourceRules"][0];
+    assert_eq!(rule["operations"], json!(["CREATE", "UPDATE"]));
+    assert_eq!(
+        rule["resources"],
+        json!(["rolebindings", "clusterrolebindings"])
+    );
+    let condition = policy["spec"]["matchConditions"][0]["expression"]
+        .as_str()
+        .unwrap();
+    assert!(condition.contains(&format!("'{SECRET_READER_CLUSTER_ROLE}'")));
+    let validations: Vec<&str> = policy["spec"]["validations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["expression"].as_str().unwrap())
+        .collect();
+    assert!(
+        validations
+            .iter()
+            .any(|v| v.contains(&format!("'{SERVICE_ACCOUNT_NAME}'")))
+    );
+    assert_eq!(binding["kind"], "ValidatingAdmissionPolicyBinding");
+    assert_eq!(binding["spec"]["policyName"], policy["metadata"]["name"]);
+    assert_eq!(binding["spec"]["validationActions"], json!(["Deny"]));
+
+    // What the builders bind must pass the guard: one subject, the server's
+    // own ServiceAccount, in the RoleBinding's own namespace.
+    for example in ["minimal.yaml", "full.yaml"] {
+        let yaml = std::fs::read_to_string(manifests().join("examples").join(example)).unwrap();
+        let tenant = parse_tenant(&yaml).unwrap();
+        let role_binding = desired_objects(&tenant, &OperatorSettings::default())
+            .unwrap()
+            .role_binding;
+        assert_eq!(role_binding.role_ref.kind, "ClusterRole");
+        assert_eq!(role_binding.role_ref.name, SECRET_READER_CLUSTER_ROLE);
+        let subjects = role_binding.subjects.unwrap();
+        assert_eq!(subjects.len(), 1, "{example}");
+        assert_eq!(subjects[0].kind, "ServiceAccount");
+        assert_eq!(subjects[0].name, SERVICE_ACCOUNT_NAME);
+        assert_eq!(subjects[0].namespace, role_binding.metadata.namespace);
+    }
 }
 
 #[test]

@@ -1,15 +1,22 @@
 //! Least privilege on Secrets, asked of the API server itself through
 //! SubjectAccessReview: a tenant's server reads its own two Secrets and
-//! nothing else; the operator reads no Secret at all.
+//! nothing else; the operator reads no Secret at all; and the admission
+//! guard refuses any other binding of the secret-reader role.
 
 use anyhow::{Context, Result, ensure};
 use bulkhead_crds::server_config::{API_KEYS_SECRET_NAME, CREDENTIALS_SECRET_NAME};
 use bulkhead_e2e::access::{SecretRequest, Subject};
 use bulkhead_e2e::probes::CALLER_KEY_SECRET;
 use bulkhead_e2e::{TestEnv, run};
+use bulkhead_operator::build::SECRET_READER_CLUSTER_ROLE;
+use bulkhead_operator::build::service_account::SERVICE_ACCOUNT_NAME;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::rbac::v1::{
+    ClusterRoleBinding, RoleBinding, RoleRef, Subject as RbacSubject,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
-use kube::api::ListParams;
+use kube::api::{ListParams, PostParams};
 
 #[tokio::test]
 #[ignore = "needs a kind cluster: run tests/e2e/run.sh"]
@@ -137,4 +144,68 @@ async fn ensure_access(
 
 fn verdict(allowed: bool) -> &'static str {
     if allowed { "allowed" } else { "denied" }
+}
+
+#[tokio::test]
+#[ignore = "needs a kind cluster: run tests/e2e/run.sh"]
+async fn secret_reader_role_cannot_be_bound_to_any_other_subject() {
+    run(|env| async move {
+        let tenant = env.create_tenant("guard", env.tenant_spec()?).await?;
+        let namespace = tenant.namespace.as_str();
+        let role_ref = RoleRef {
+            api_group: "rbac.authorization.k8s.io".to_owned(),
+            kind: "ClusterRole".to_owned(),
+            name: SECRET_READER_CLUSTER_ROLE.to_owned(),
+        };
+        let subject = |name: &str, namespace: &str| RbacSubject {
+            kind: "ServiceAccount".to_owned(),
+            name: name.to_owned(),
+            namespace: Some(namespace.to_owned()),
+            ..RbacSubject::default()
+        };
+        // Dry run: admission still runs, nothing is stored if it were admitted.
+        let dry_run = PostParams {
+            dry_run: true,
+            ..PostParams::default()
+        };
+
+        let role_bindings = Api::<RoleBinding>::namespaced(env.client(), namespace);
+        let foreign_subjects = [
+            subject("default", namespace),
+            subject(SERVICE_ACCOUNT_NAME, &env.settings().operator_namespace),
+        ];
+        for foreign in foreign_subjects {
+            let binding = RoleBinding {
+                metadata: ObjectMeta {
+                    name: Some(env.name("guard")),
+                    ..ObjectMeta::default()
+                },
+                role_ref: role_ref.clone(),
+                subjects: Some(vec![foreign.clone()]),
+            };
+            let result = role_bindings.create(&dry_run, &binding).await;
+            ensure!(
+                result.is_err(),
+                "a RoleBinding of {SECRET_READER_CLUSTER_ROLE} to {foreign:?} was admitted"
+            );
+        }
+
+        let cluster_binding = ClusterRoleBinding {
+            metadata: ObjectMeta {
+                name: Some(env.name("guard")),
+                ..ObjectMeta::default()
+            },
+            role_ref,
+            subjects: Some(vec![subject(SERVICE_ACCOUNT_NAME, namespace)]),
+        };
+        let result = Api::<ClusterRoleBinding>::all(env.client())
+            .create(&dry_run, &cluster_binding)
+            .await;
+        ensure!(
+            result.is_err(),
+            "a ClusterRoleBinding of {SECRET_READER_CLUSTER_ROLE} was admitted"
+        );
+        Ok(())
+    })
+    .await;
 }
