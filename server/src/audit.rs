@@ -1,0 +1,238 @@
+//! The audit trail: one JSON line per request on stdout.
+//!
+//! Request handlers hand a record to an unbounded channel and move on; a
+//! dedicated task writes and flushes. So a slow stdout never delays a
+//! request, and no line is ever dropped: on shutdown the writer drains the
+//! channel and flushes before the process exits. Diagnostic logs go to
+//! stderr, so stdout carries nothing but audit lines.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How a request ended, as recorded in the audit line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Served successfully.
+    Ok,
+    /// A tool returned an error result (bad input, policy refusal).
+    ToolError,
+    /// The upstream failed (5xx, timeout, unreachable).
+    UpstreamError,
+    /// A JSON-RPC error was returned (unknown tool, bad params, ...).
+    RpcError,
+    /// Missing or unknown API key.
+    Unauthenticated,
+    /// `Host` or `Origin` not allowed.
+    Forbidden,
+    /// Over a rate limit.
+    RateLimited,
+    /// Body larger than the limit.
+    PayloadTooLarge,
+    /// Not a valid MCP request over HTTP.
+    BadRequest,
+    /// Did not finish within the request timeout.
+    Timeout,
+    /// Refused because the server is not ready yet.
+    Unavailable,
+}
+
+impl Outcome {
+    /// Label value for metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::ToolError => "tool_error",
+            Self::UpstreamError => "upstream_error",
+            Self::RpcError => "rpc_error",
+            Self::Unauthenticated => "unauthenticated",
+            Self::Forbidden => "forbidden",
+            Self::RateLimited => "rate_limited",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::BadRequest => "bad_request",
+            Self::Timeout => "timeout",
+            Self::Unavailable => "unavailable",
+        }
+    }
+}
+
+/// One audit line. Ids come from the verified context only.
+#[derive(Clone, Debug, Serialize)]
+pub struct AuditRecord {
+    /// RFC 3339 time the request arrived.
+    pub ts: String,
+    /// The configured tenant.
+    pub tenant: Arc<str>,
+    /// The verified caller; `None` when authentication failed.
+    pub caller: Option<Arc<str>>,
+    /// Id of the request (also sent back as `x-request-id`).
+    pub request_id: Arc<str>,
+    /// JSON-RPC method, when the body could be read.
+    pub method: Option<String>,
+    /// Tool name for `tools/call`.
+    pub tool: Option<String>,
+    /// `sha256:<hex>` of the tool arguments exactly as sent.
+    pub args_sha256: Option<String>,
+    /// How the request ended.
+    pub outcome: Outcome,
+    /// HTTP status sent to the caller.
+    pub http_status: u16,
+    /// Time spent serving the request.
+    pub latency_ms: f64,
+    /// HTTP status of the upstream, if one was called.
+    pub upstream_status: Option<u16>,
+}
+
+/// Digest of tool arguments for the audit line: the bytes as sent, so the
+/// line can be matched against a caller's own record without storing them.
+pub fn digest_arguments(raw: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(raw)))
+}
+
+/// Sends records to the writer task. Cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::UnboundedSender<AuditRecord>,
+}
+
+impl AuditLog {
+    /// Starts the writer task on `out` (stdout in production).
+    pub fn start<W>(out: W) -> (Self, AuditWriter)
+    where
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(write_lines(rx, out, stop.clone()));
+        (Self { tx }, AuditWriter { task, stop })
+    }
+
+    /// Queues one record; never blocks.
+    pub fn record(&self, record: AuditRecord) {
+        if self.tx.send(record).is_err() {
+            // Only possible after the writer stopped, i.e. during shutdown
+            // after the listeners closed.
+            tracing::error!("audit writer has stopped; a record could not be written");
+        }
+    }
+}
+
+/// The writer task; [`AuditWriter::finish`] waits until every queued line is
+/// written and flushed.
+pub struct AuditWriter {
+    task: JoinHandle<()>,
+    stop: CancellationToken,
+}
+
+impl AuditWriter {
+    /// Writes every line queued so far, flushes, and stops the writer. Call
+    /// it after the listeners have closed.
+    pub async fn finish(self) {
+        self.stop.cancel();
+        if let Err(error) = self.task.await {
+            tracing::error!(%error, "audit writer failed");
+        }
+    }
+}
+
+async fn write_lines<W>(
+    mut rx: mpsc::UnboundedReceiver<AuditRecord>,
+    out: W,
+    stop: CancellationToken,
+) where
+    W: AsyncWrite + Unpin,
+{
+    let mut out = tokio::io::BufWriter::new(out);
+    let mut line = Vec::with_capacity(512);
+    loop {
+        let first = tokio::select! {
+            biased;
+            record = rx.recv() => record,
+            () = stop.cancelled() => rx.try_recv().ok(),
+        };
+        let Some(record) = first else {
+            break;
+        };
+        let mut next = Some(record);
+        // Write everything already queued, then flush once.
+        while let Some(record) = next {
+            line.clear();
+            if serde_json::to_writer(&mut line, &record).is_ok() {
+                line.push(b'\n');
+                if let Err(error) = out.write_all(&line).await {
+                    tracing::error!(%error, "cannot write audit line");
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        if let Err(error) = out.flush().await {
+            tracing::error!(%error, "cannot flush audit stream");
+        }
+    }
+    if let Err(error) = out.flush().await {
+        tracing::error!(%error, "cannot flush audit stream");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(n: usize) -> AuditRecord {
+        AuditRecord {
+            ts: "2026-01-01T00:00:00Z".into(),
+            tenant: Arc::from("acme"),
+            caller: Some(Arc::from("alice")),
+            request_id: Arc::from(format!("r{n}").as_str()),
+            method: Some("tools/call".into()),
+            tool: Some("whoami".into()),
+            args_sha256: Some(digest_arguments(b"{}")),
+            outcome: Outcome::Ok,
+            http_status: 200,
+            latency_ms: 0.1,
+            upstream_status: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn every_queued_line_is_written_before_finish_returns() {
+        let (reader, writer) = tokio::io::duplex(64);
+        let (log, task) = AuditLog::start(writer);
+        let collect = tokio::spawn(async move {
+            let mut reader = reader;
+            let mut text = String::new();
+            tokio::io::AsyncReadExt::read_to_string(&mut reader, &mut text)
+                .await
+                .unwrap();
+            text
+        });
+        for n in 0..500 {
+            log.record(record(n));
+        }
+        drop(log);
+        task.finish().await;
+        let text = collect.await.unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 500);
+        assert_eq!(lines[499]["request_id"], "r499");
+        assert_eq!(lines[0]["tenant"], "acme");
+        assert_eq!(lines[0]["outcome"], "ok");
+    }
+
+    #[test]
+    fn argument_digest_is_sha256_of_the_bytes() {
+        assert_eq!(
+            digest_arguments(b"abc"),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! Command-line interface of `bulkhead-server`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// The MCP server of one Bulkhead tenant.
+#[derive(Debug, Parser)]
+#[command(name = "bulkhead-server", version, about)]
+pub struct Cli {
+    /// What to do; serving is the default.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// How to serve.
+    #[command(flatten)]
+    pub serve: ServeOptions,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Make a new API key for a caller: prints the key once and the hash to
+    /// store in the key file or the `bulkhead-api-keys` Secret.
+    Keygen {
+        /// Caller id (letters, digits, '-', '_', '.').
+        #[arg(long)]
+        caller: String,
+        /// Tenant namespace to put in the kubectl hint.
+        #[arg(long)]
+        namespace: Option<String>,
+    },
+}
+
+/// Format of the diagnostic log on stderr.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Options of the server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeOptions {
+    /// Server configuration file (the operator mounts it here).
+    #[arg(
+        long,
+        env = "BULKHEAD_CONFIG",
+        default_value = "/etc/bulkhead/server.yaml"
+    )]
+    pub config: PathBuf,
+    /// Address of the MCP listener (`/mcp`).
+    #[arg(long, env = "BULKHEAD_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Address of the admin listener (`/healthz`, `/readyz`, `/metrics`).
+    #[arg(long, env = "BULKHEAD_ADMIN_LISTEN", default_value = "127.0.0.1:9090")]
+    pub admin_listen: SocketAddr,
+    /// Serve without API keys (every caller is `anonymous`). Local
+    /// development only: refused unless `--listen` is a loopback address.
+    #[arg(long)]
+    pub insecure_no_auth: bool,
+    /// Write the bound addresses as JSON to this file once listening.
+    #[arg(long)]
+    pub ready_file: Option<PathBuf>,
+    /// How often local key and credential files are re-read, in seconds.
+    #[arg(long, default_value_t = 5)]
+    pub secret_poll_seconds: u64,
+    /// Cache successful upstream GET answers this long (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub response_cache_seconds: u64,
+    /// Longest wait for in-flight requests at shutdown, in seconds.
+    #[arg(long, default_value_t = 20)]
+    pub shutdown_grace_seconds: u64,
+    /// Format of the diagnostic log on stderr (stdout carries the audit).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}

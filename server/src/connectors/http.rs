@@ -1,0 +1,293 @@
+//! The `http` connector: requests to one configured base URL, limited to an
+//! allow-list of method and path patterns.
+//!
+//! A caller-supplied path must be a plain absolute path: no scheme or
+//! authority, no `.`/`..` segments (also not percent-encoded), no encoded
+//! slashes or backslashes, no query or fragment (the `query` argument carries
+//! those). The URL built from it is checked once more to be on the base URL's
+//! origin and under its path.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+use url::Url;
+
+/// One segment of an allow pattern.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    /// `*`: exactly one segment.
+    One,
+    /// trailing `**`: any number of segments.
+    Rest,
+}
+
+/// A parsed allow rule.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AllowPattern {
+    method: String,
+    segments: Vec<Segment>,
+}
+
+/// Why a pattern or a request path was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PathError {
+    /// The allow rule itself is malformed.
+    #[error("allow rule {method} {path:?}: {reason}")]
+    BadRule {
+        /// Method of the rule.
+        method: String,
+        /// Path pattern of the rule.
+        path: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The requested path is not a plain absolute path.
+    #[error("path refused: {0}")]
+    Unsafe(&'static str),
+    /// No allow rule matches.
+    #[error("{method} {path} is not in this connector's allow-list")]
+    NotAllowed {
+        /// Requested method.
+        method: String,
+        /// Requested path.
+        path: String,
+    },
+}
+
+const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
+
+impl AllowPattern {
+    /// Parses a rule: upper-case method, path starting with `/`, `*` for one
+    /// segment and a trailing `/**` for any number.
+    pub fn parse(method: &str, path: &str) -> Result<Self, PathError> {
+        let bad = |reason| PathError::BadRule {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            reason,
+        };
+        if !METHODS.contains(&method) {
+            return Err(bad(
+                "method must be one of GET, HEAD, POST, PUT, PATCH, DELETE",
+            ));
+        }
+        let rest = path
+            .strip_prefix('/')
+            .ok_or_else(|| bad("path must start with '/'"))?;
+        let raw: Vec<&str> = if rest.is_empty() {
+            vec![]
+        } else {
+            rest.split('/').collect()
+        };
+        let mut segments = Vec::with_capacity(raw.len());
+        for (i, s) in raw.iter().enumerate() {
+            segments.push(match *s {
+                "**" if i + 1 == raw.len() => Segment::Rest,
+                "**" => return Err(bad("'**' is only allowed as the last segment")),
+                "*" => Segment::One,
+                "" => return Err(bad("empty path segment")),
+                "." | ".." => return Err(bad("'.' and '..' segments are not allowed")),
+                s if s.contains(['*', '%', '?', '#', '\\']) => {
+                    return Err(bad("segments are literals, '*' or a trailing '**'"));
+                }
+                s => Segment::Literal(s.to_owned()),
+            });
+        }
+        Ok(Self {
+            method: method.to_owned(),
+            segments,
+        })
+    }
+
+    fn matches(&self, method: &str, segments: &[&str]) -> bool {
+        if self.method != method {
+            return false;
+        }
+        let mut rest = segments;
+        for pattern in &self.segments {
+            match pattern {
+                Segment::Rest => return true,
+                Segment::One => match rest.split_first() {
+                    Some((_, tail)) => rest = tail,
+                    None => return false,
+                },
+                Segment::Literal(l) => match rest.split_first() {
+                    Some((s, tail)) if s == l => rest = tail,
+                    _ => return false,
+                },
+            }
+        }
+        rest.is_empty()
+    }
+}
+
+/// Splits a caller-supplied path into segments, refusing anything but a
+/// plain absolute path.
+pub fn safe_segments(path: &str) -> Result<Vec<&str>, PathError> {
+    let rest = path
+        .strip_prefix('/')
+        .ok_or(PathError::Unsafe("the path must start with '/'"))?;
+    if rest.starts_with('/') || path.contains("://") {
+        return Err(PathError::Unsafe(
+            "absolute URLs and other hosts are not allowed",
+        ));
+    }
+    if path.contains(['?', '#']) {
+        return Err(PathError::Unsafe(
+            "pass query parameters in `query`, not in the path",
+        ));
+    }
+    if path.contains('\\') || path.chars().any(char::is_control) || path.contains(' ') {
+        return Err(PathError::Unsafe(
+            "backslashes, spaces and control characters are not allowed",
+        ));
+    }
+    let bytes = path.as_bytes();
+    for (i, b) in bytes.iter().enumerate() {
+        if *b == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok());
+            let decoded = hex.and_then(|h| u8::from_str_radix(h, 16).ok());
+            match decoded {
+                None => return Err(PathError::Unsafe("malformed percent-encoding")),
+                Some(b'.' | b'/' | b'\\' | b'%') => {
+                    return Err(PathError::Unsafe(
+                        "encoded dots, slashes, backslashes and percent signs are not allowed",
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    let segments: Vec<&str> = if rest.is_empty() {
+        vec![]
+    } else {
+        rest.split('/').collect()
+    };
+    for (i, s) in segments.iter().enumerate() {
+        if *s == "." || *s == ".." {
+            return Err(PathError::Unsafe("'.' and '..' segments are not allowed"));
+        }
+        if s.is_empty() && i + 1 != segments.len() {
+            return Err(PathError::Unsafe("empty path segments are not allowed"));
+        }
+    }
+    Ok(segments)
+}
+
+/// Checks `method path` against the allow-list.
+pub fn check_allowed(rules: &[AllowPattern], method: &str, path: &str) -> Result<(), PathError> {
+    let segments = safe_segments(path)?;
+    let trimmed: Vec<&str> = segments.iter().copied().filter(|s| !s.is_empty()).collect();
+    if rules.iter().any(|r| r.matches(method, &trimmed)) {
+        Ok(())
+    } else {
+        Err(PathError::NotAllowed {
+            method: method.to_owned(),
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// The URL for `path` (already checked) under `base`, with `query`.
+pub fn target_url(base: &Url, path: &str, query: &BTreeMap<String, String>) -> Url {
+    let mut url = base.clone();
+    let joined = format!("{}{}", base.path().trim_end_matches('/'), path);
+    url.set_path(&joined);
+    url.set_fragment(None);
+    url.set_query(None);
+    if !query.is_empty() {
+        let mut pairs = url.query_pairs_mut();
+        for (k, v) in query {
+            pairs.append_pair(k, v);
+        }
+    }
+    url
+}
+
+/// Arguments of the `<connector>_request` tool.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct HttpRequestArgs {
+    /// HTTP method; one the allow-list permits for the path.
+    #[serde(default = "default_method")]
+    pub method: String,
+    /// Absolute path below the connector's base URL, e.g. `/v1/invoices/42`.
+    pub path: String,
+    /// Query parameters.
+    #[serde(default)]
+    pub query: BTreeMap<String, String>,
+    /// JSON request body (for POST, PUT, PATCH).
+    #[serde(default)]
+    pub body: Option<serde_json::Value>,
+}
+
+fn default_method() -> String {
+    "GET".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> Vec<AllowPattern> {
+        vec![
+            AllowPattern::parse("GET", "/v1/invoices/*").unwrap(),
+            AllowPattern::parse("GET", "/v1/reports/**").unwrap(),
+            AllowPattern::parse("POST", "/v1/search").unwrap(),
+        ]
+    }
+
+    #[test]
+    fn patterns_match_one_segment_or_a_trailing_rest() {
+        let rules = rules();
+        assert!(check_allowed(&rules, "GET", "/v1/invoices/42").is_ok());
+        assert!(check_allowed(&rules, "GET", "/v1/invoices/42/lines").is_err());
+        assert!(check_allowed(&rules, "GET", "/v1/invoices").is_err());
+        assert!(check_allowed(&rules, "GET", "/v1/reports/2024/q1").is_ok());
+        assert!(check_allowed(&rules, "POST", "/v1/search").is_ok());
+        assert!(check_allowed(&rules, "DELETE", "/v1/invoices/42").is_err());
+    }
+
+    #[test]
+    fn traversal_and_foreign_targets_are_refused() {
+        let rules = rules();
+        for path in [
+            "/v1/invoices/../../admin",
+            "/v1/reports/../../admin",
+            "/v1/reports/%2e%2e/admin",
+            "/v1/reports/%2E%2E/admin",
+            "/v1/invoices/a%2fb",
+            "/v1/reports/a%5c..",
+            "//evil.example.com/v1/invoices/1",
+            "https://evil.example.com/v1/invoices/1",
+            "v1/invoices/1",
+            "/v1/invoices/1?admin=1",
+            "/v1/reports/x\\..\\admin",
+            "/v1/reports/%zz",
+        ] {
+            assert!(check_allowed(&rules, "GET", path).is_err(), "{path}");
+        }
+    }
+
+    #[test]
+    fn bad_rules_are_refused() {
+        assert!(AllowPattern::parse("GET", "v1").is_err());
+        assert!(AllowPattern::parse("get", "/v1").is_err());
+        assert!(AllowPattern::parse("GET", "/v1/**/x").is_err());
+        assert!(AllowPattern::parse("GET", "/v1/../x").is_err());
+    }
+
+    #[test]
+    fn target_urls_stay_under_the_base_path() {
+        let base = Url::parse("https://api.example.com/api/").unwrap();
+        let mut query = BTreeMap::new();
+        query.insert("q".to_owned(), "a&b=c".to_owned());
+        let url = target_url(&base, "/v1/invoices/42", &query);
+        assert_eq!(
+            url.as_str(),
+            "https://api.example.com/api/v1/invoices/42?q=a%26b%3Dc"
+        );
+    }
+}

@@ -1,0 +1,5 @@
+//! Connectors: the upstream APIs a tenant's server exposes as MCP tools.
+
+pub mod github;
+pub mod http;
+pub mod upstream;

@@ -1,0 +1,32 @@
+//! `bulkhead-server`: the MCP server of exactly one Bulkhead tenant.
+//!
+//! One process serves one tenant, yet every layer behaves as if the process
+//! were shared: the tenant id comes only from the operator-written
+//! configuration, the caller id only from a verified API key, caches and rate
+//! limits are keyed by tenant and caller, and secrets never reach logs,
+//! metrics, errors or tool results.
+//!
+//! The binary (`main.rs`) only parses flags; [`app::run`] wires the pieces:
+//! [`config`] loads the [`bulkhead_crds::server_config::ServerConfig`],
+//! [`api_keys`] and [`credentials`] read the tenant's Secrets through
+//! [`secret_source`], [`transport`] serves MCP over Streamable HTTP with the
+//! security layers in front of the [`handler`], and [`admin`] serves health,
+//! readiness and metrics.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod api_keys;
+pub mod app;
+pub mod audit;
+pub mod cli;
+pub mod config;
+pub mod connectors;
+pub mod credentials;
+pub mod handler;
+pub mod identity;
+pub mod metrics;
+pub mod rate_limit;
+pub mod response_cache;
+pub mod secret_source;
+pub mod tools;
+pub mod transport;
