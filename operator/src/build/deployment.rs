@@ -233,6 +233,10 @@ pub(crate) fn desired_deployment(ctx: &BuildContext<'_>, config_map: &ConfigMap)
             // kubelet probes it on the pod address.
             "--admin-listen".to_owned(),
             format!("0.0.0.0:{ADMIN_PORT}"),
+            // Args replace the image's CMD, so the log format is set here
+            // too: one JSON object per line for the cluster's log pipeline.
+            "--log-format".to_owned(),
+            "json".to_owned(),
         ]),
         ports: Some(vec![
             ContainerPort {
@@ -430,7 +434,9 @@ mod tests {
                     "--listen",
                     "0.0.0.0:8080",
                     "--admin-listen",
-                    "0.0.0.0:9090"
+                    "0.0.0.0:9090",
+                    "--log-format",
+                    "json"
                 ]
                 .map(String::from)
                 .to_vec()

@@ -134,6 +134,12 @@ fn server_accepts_the_operators_arguments_and_listens_where_the_cluster_connects
          defaults to loopback: the operator's Deployment must pass `--admin-listen 0.0.0.0:{ADMIN_PORT}` \
          (operator/src/build/deployment.rs), or no Tenant ever becomes Ready"
     );
+    // The Deployment's args replace the image's CMD, so JSON logs must be
+    // asked for there, or the cluster's log pipeline gets plain text.
+    assert!(
+        matches!(cli.serve.log_format, bulkhead_server::cli::LogFormat::Json),
+        "the server must log JSON in the cluster"
+    );
 }
 
 #[test]
