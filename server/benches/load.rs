@@ -184,7 +184,9 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10);
-    let keys: Vec<String> = (0..CALLERS).map(|_| generate_api_key()).collect();
+    let keys: Vec<String> = (0..CALLERS)
+        .map(|_| generate_api_key().expect("random source"))
+        .collect();
     let server = start_server(&keys);
     let pid = server.child.id();
     let runtime = tokio::runtime::Runtime::new().unwrap();

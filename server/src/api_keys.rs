@@ -31,23 +31,10 @@ pub const HASH_PREFIX: &str = "sha256:";
 ///
 /// # Errors
 /// When the operating system's random source is unavailable.
-pub fn try_generate_api_key() -> Result<String, getrandom::Error> {
+pub fn generate_api_key() -> Result<String, getrandom::Error> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes)?;
     Ok(format!("{API_KEY_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes)))
-}
-
-/// Makes a new API key, as [`try_generate_api_key`] (for test suites and
-/// tools that have no error path for a missing random source).
-///
-/// # Panics
-/// Only if the operating system has no random source at all, in which case
-/// no key can be made safely; `keygen` uses [`try_generate_api_key`].
-pub fn generate_api_key() -> String {
-    match try_generate_api_key() {
-        Ok(key) => key,
-        Err(error) => panic!("cannot make an API key: {error}"),
-    }
 }
 
 /// The value stored for a key: `sha256:` and the hex SHA-256 of the key.
@@ -223,8 +210,8 @@ mod tests {
 
     #[test]
     fn generated_keys_are_prefixed_random_and_long() {
-        let a = generate_api_key();
-        let b = generate_api_key();
+        let a = generate_api_key().unwrap();
+        let b = generate_api_key().unwrap();
         assert!(a.starts_with("bhk_"));
         assert!(a.len() >= 4 + 43, "{a}");
         assert_ne!(a, b);
@@ -245,10 +232,13 @@ mod tests {
 
     #[test]
     fn verify_maps_a_stored_key_to_its_caller_and_refuses_others() {
-        let key = generate_api_key();
+        let key = generate_api_key().unwrap();
         let store = store_with(&[("alice", &hash_api_key(&key))]);
         assert_eq!(store.verify(&key).unwrap().as_str(), "alice");
-        assert_eq!(store.verify(&generate_api_key()), Err(AuthFailure::Invalid));
+        assert_eq!(
+            store.verify(&generate_api_key().unwrap()),
+            Err(AuthFailure::Invalid)
+        );
         assert_eq!(
             store
                 .verify_authorization(Some(&format!("Bearer {key}")))
@@ -267,7 +257,7 @@ mod tests {
 
     #[test]
     fn replacing_the_table_revokes_removed_keys() {
-        let key = generate_api_key();
+        let key = generate_api_key().unwrap();
         let store = store_with(&[("alice", &hash_api_key(&key))]);
         store.replace(&SecretData::new());
         assert_eq!(store.verify(&key), Err(AuthFailure::Invalid));
@@ -275,7 +265,7 @@ mod tests {
 
     #[test]
     fn malformed_entries_are_ignored() {
-        let key = generate_api_key();
+        let key = generate_api_key().unwrap();
         let store = store_with(&[("alice", &key), ("bad id", &hash_api_key(&key))]);
         assert_eq!(store.verify(&key), Err(AuthFailure::Invalid));
     }

@@ -26,7 +26,7 @@ fn keygen(caller: &str, namespace: Option<&str>) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    match bulkhead_server::api_keys::try_generate_api_key() {
+    match bulkhead_server::api_keys::generate_api_key() {
         Ok(key) => {
             print!(
                 "{}",

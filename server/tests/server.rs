@@ -15,8 +15,8 @@ use serde_json::{Value, json};
 async fn two_tenants_stay_isolated() {
     let upstream_a = Upstream::start("A").await;
     let upstream_b = Upstream::start("B").await;
-    let key_a = generate_api_key();
-    let key_b = generate_api_key();
+    let key_a = generate_api_key().unwrap();
+    let key_b = generate_api_key().unwrap();
     let server_a = TestServer::start(
         "tenant-a",
         &config("tenant-a", &github_connector(&upstream_a.url), ""),
@@ -127,8 +127,8 @@ async fn two_tenants_stay_isolated() {
 #[tokio::test]
 async fn missing_wrong_and_revoked_keys_are_refused() {
     let upstream = Upstream::start("A").await;
-    let alice = generate_api_key();
-    let bob = generate_api_key();
+    let alice = generate_api_key().unwrap();
+    let bob = generate_api_key().unwrap();
     let server = TestServer::start(
         "keys",
         &config("acme", &http_connector(&upstream.url), ""),
@@ -149,7 +149,7 @@ async fn missing_wrong_and_revoked_keys_are_refused() {
     );
     assert_eq!(missing.text().await.unwrap(), "Unauthorized");
 
-    let wrong_key = generate_api_key();
+    let wrong_key = generate_api_key().unwrap();
     let wrong = server.post(Some(&wrong_key), &body).await;
     assert_eq!(wrong.status(), 401);
     assert_eq!(wrong.text().await.unwrap(), "Unauthorized");
@@ -184,8 +184,8 @@ async fn missing_wrong_and_revoked_keys_are_refused() {
 #[tokio::test]
 async fn rate_limits_refuse_one_caller_and_spare_another() {
     let upstream = Upstream::start("A").await;
-    let alice = generate_api_key();
-    let bob = generate_api_key();
+    let alice = generate_api_key().unwrap();
+    let bob = generate_api_key().unwrap();
     let limits = "rateLimits:\n  perCaller: {requestsPerMinute: 1, burst: 4}\n  perTool: [{tool: whoami, requestsPerMinute: 1, burst: 1}]";
     let server = TestServer::start(
         "limits",
@@ -263,7 +263,7 @@ async fn rate_limits_refuse_one_caller_and_spare_another() {
 #[tokio::test]
 async fn rotated_credentials_are_used_without_restart() {
     let upstream = Upstream::start("A").await;
-    let key = generate_api_key();
+    let key = generate_api_key().unwrap();
     let server = TestServer::start(
         "rotation",
         &config("acme", &http_connector(&upstream.url), ""),
@@ -298,7 +298,7 @@ async fn rotated_credentials_are_used_without_restart() {
 #[tokio::test]
 async fn transport_refuses_bad_requests_without_falling_over() {
     let upstream = Upstream::start("A").await;
-    let key = generate_api_key();
+    let key = generate_api_key().unwrap();
     let server = TestServer::start(
         "transport",
         &config("acme", &http_connector(&upstream.url), ""),
@@ -417,7 +417,7 @@ async fn transport_refuses_bad_requests_without_falling_over() {
 #[tokio::test]
 async fn upstream_failures_become_clean_tool_errors() {
     let upstream = Upstream::start("A").await;
-    let key = generate_api_key();
+    let key = generate_api_key().unwrap();
     let server = TestServer::start(
         "upstream",
         &config("acme", &http_connector(&upstream.url), ""),

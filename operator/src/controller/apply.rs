@@ -135,119 +135,69 @@ pub async fn prune(
     tenant_uid: &str,
     wanted: &WantedNames,
 ) -> Result<Vec<String>> {
-    let selector = tenant_selector(tenant_id);
+    let sweep = Sweep {
+        client,
+        namespace,
+        selector: tenant_selector(tenant_id),
+        tenant_uid,
+        wanted,
+    };
     let mut deleted = Vec::new();
-    prune_kind::<Deployment>(
-        client,
-        namespace,
-        &selector,
-        tenant_uid,
-        wanted,
-        &mut deleted,
-    )
-    .await?;
-    prune_kind::<Service>(
-        client,
-        namespace,
-        &selector,
-        tenant_uid,
-        wanted,
-        &mut deleted,
-    )
-    .await?;
-    prune_kind::<ConfigMap>(
-        client,
-        namespace,
-        &selector,
-        tenant_uid,
-        wanted,
-        &mut deleted,
-    )
-    .await?;
-    prune_kind::<LimitRange>(
-        client,
-        namespace,
-        &selector,
-        tenant_uid,
-        wanted,
-        &mut deleted,
-    )
-    .await?;
-    prune_kind::<ResourceQuota>(
-        client,
-        namespace,
-        &selector,
-        tenant_uid,
-        wanted,
-        &mut deleted,
-    )
-    .await?;
-    prune_kind::<NetworkPolicy>(
-        client,
-        namespace,
-        &selector,
-        tenant_uid,
-        wanted,
-        &mut deleted,
-    )
-    .await?;
-    prune_kind::<RoleBinding>(
-        client,
-        namespace,
-        &selector,
-        tenant_uid,
-        wanted,
-        &mut deleted,
-    )
-    .await?;
-    prune_kind::<ServiceAccount>(
-        client,
-        namespace,
-        &selector,
-        tenant_uid,
-        wanted,
-        &mut deleted,
-    )
-    .await?;
+    sweep.kind::<Deployment>(&mut deleted).await?;
+    sweep.kind::<Service>(&mut deleted).await?;
+    sweep.kind::<ConfigMap>(&mut deleted).await?;
+    sweep.kind::<LimitRange>(&mut deleted).await?;
+    sweep.kind::<ResourceQuota>(&mut deleted).await?;
+    sweep.kind::<NetworkPolicy>(&mut deleted).await?;
+    sweep.kind::<RoleBinding>(&mut deleted).await?;
+    sweep.kind::<ServiceAccount>(&mut deleted).await?;
     Ok(deleted)
 }
 
-async fn prune_kind<K>(
-    client: &Client,
-    namespace: &str,
-    selector: &str,
-    tenant_uid: &str,
-    wanted: &WantedNames,
-    deleted: &mut Vec<String>,
-) -> Result<()>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    let kind = kind_of::<K>();
-    let live = api
-        .list(&ListParams::default().labels(selector))
-        .await
-        .map_err(|e| Error::kube(format!("list {kind} in {namespace}"), e))?;
-    for object in live.items {
-        let name = object.name_any();
-        if wanted.wants::<K>(&name)
-            || !is_owned_by(&object, tenant_uid)
-            || !has_tenant_labels(&object, selector)
-        {
-            continue;
+/// One prune pass over one tenant namespace.
+struct Sweep<'a> {
+    client: &'a Client,
+    namespace: &'a str,
+    selector: String,
+    tenant_uid: &'a str,
+    wanted: &'a WantedNames,
+}
+
+impl Sweep<'_> {
+    /// Deletes the unwanted children of kind `K`, recording `kind/name`.
+    async fn kind<K>(&self, deleted: &mut Vec<String>) -> Result<()>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug,
+    {
+        let namespace = self.namespace;
+        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
+        let kind = kind_of::<K>();
+        let live = api
+            .list(&ListParams::default().labels(&self.selector))
+            .await
+            .map_err(|e| Error::kube(format!("list {kind} in {namespace}"), e))?;
+        for object in live.items {
+            let name = object.name_any();
+            if self.wanted.wants::<K>(&name)
+                || !is_owned_by(&object, self.tenant_uid)
+                || !has_tenant_labels(&object, &self.selector)
+            {
+                continue;
+            }
+            match api.delete(&name, &DeleteParams::background()).await {
+                Ok(_) => deleted.push(format!("{kind}/{name}")),
+                // Already gone: the goal is reached.
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(e) => {
+                    return Err(Error::kube(format!("delete {kind} {namespace}/{name}"), e));
+                }
+            }
         }
-        match api.delete(&name, &DeleteParams::background()).await {
-            Ok(_) => deleted.push(format!("{kind}/{name}")),
-            // Already gone: the goal is reached.
-            Err(kube::Error::Api(status)) if status.code == 404 => {}
-            Err(e) => return Err(Error::kube(format!("delete {kind} {namespace}/{name}"), e)),
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Re-checks the selector's labels on the object itself, so a server (or

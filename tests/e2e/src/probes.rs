@@ -487,7 +487,7 @@ mod tests {
     /// JSON), not just the fake's.
     #[tokio::test(flavor = "multi_thread")]
     async fn mcp_script_lists_tools_of_the_real_server_and_gets_401_for_a_wrong_key() {
-        use bulkhead_server::api_keys::{hash_api_key, try_generate_api_key};
+        use bulkhead_server::api_keys::{generate_api_key, hash_api_key};
         use clap::Parser;
 
         let dir = std::env::temp_dir().join(format!(
@@ -496,7 +496,7 @@ mod tests {
             crate::harness::fixture_name("x", "server")
         ));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let key = try_generate_api_key().expect("key");
+        let key = generate_api_key().expect("key");
         std::fs::write(
             dir.join("keys.yaml"),
             format!("e2e-gateway: \"{}\"\n", hash_api_key(&key)),

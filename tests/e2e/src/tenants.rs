@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result, bail};
 use bulkhead_crds::server_config::{API_KEYS_SECRET_NAME, CREDENTIALS_SECRET_NAME};
 use bulkhead_crds::{Tenant, TenantSpec};
-use bulkhead_server::api_keys::{hash_api_key, try_generate_api_key};
+use bulkhead_server::api_keys::{generate_api_key, hash_api_key};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{ListParams, ObjectMeta, PostParams};
@@ -88,7 +88,7 @@ impl TestEnv {
             .with_context(|| format!("creating Tenant {name}"))?;
 
         let namespace = self.wait_for_tenant_namespace(&name).await?;
-        let api_key = try_generate_api_key().context("making an API key for the fixture caller")?;
+        let api_key = generate_api_key().context("making an API key for the fixture caller")?;
         self.create_secret(
             &namespace,
             CREDENTIALS_SECRET_NAME,
