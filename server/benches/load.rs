@@ -6,7 +6,9 @@
 //! (`BENCH_SECONDS` sets the duration of each run, default 10.)
 //!
 //! Prints throughput, p50 and p99 latency at 1 and 50 concurrent callers,
-//! and the server's resident memory (VmRSS) idle and under load.
+//! the CPU time the server and the load generator each spent per request
+//! (they share the machine, so this says where the cores went), and the
+//! server's resident memory (VmRSS) idle and under load.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -29,6 +31,25 @@ fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// CPU time (user + system) a process has used so far, from
+/// `/proc/<pid>/stat`, in clock ticks of 10 ms (USER_HZ on Linux is 100).
+fn cpu_ticks(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            // Fields after the parenthesised command name; utime and stime
+            // are fields 14 and 15 of the whole line.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: u64 = fields.get(11)?.parse().ok()?;
+            let stime: u64 = fields.get(12)?.parse().ok()?;
+            Some(utime + stime)
+        })
+        .unwrap_or(0)
+}
+
+const TICK_MICROS: f64 = 10_000.0;
 
 struct Server {
     child: Child,
@@ -223,6 +244,7 @@ fn main() {
             Duration::from_millis(500),
             pid,
         ));
+        let (server_before, client_before) = (cpu_ticks(&pid.to_string()), cpu_ticks("self"));
         let r = runtime.block_on(run(
             &server.url,
             &keys,
@@ -230,8 +252,12 @@ fn main() {
             Duration::from_secs(seconds),
             pid,
         ));
+        let per_request = |ticks: u64| ticks as f64 * TICK_MICROS / r.requests.max(1) as f64;
+        let server_cpu = per_request(cpu_ticks(&pid.to_string()) - server_before);
+        let client_cpu = per_request(cpu_ticks("self") - client_before);
         println!(
-            "{concurrency:>3} callers: {:>8.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {}  loaded RSS {:.1} MiB",
+            "{concurrency:>3} callers: {:>8.0} req/s  p50 {:>7.3} ms  p99 {:>7.3} ms  errors {}  loaded RSS {:.1} MiB  \
+             CPU per request: server {server_cpu:.0} us, load generator {client_cpu:.0} us",
             r.requests as f64 / r.elapsed.as_secs_f64(),
             r.p50.as_secs_f64() * 1000.0,
             r.p99.as_secs_f64() * 1000.0,

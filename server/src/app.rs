@@ -68,6 +68,9 @@ pub enum StartError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// The audit writer thread could not be started.
+    #[error("cannot start the audit writer: {0}")]
+    AuditWriter(std::io::Error),
     /// Serving failed.
     #[error("server failed: {0}")]
     Serve(std::io::Error),
@@ -103,7 +106,8 @@ pub async fn run(options: ServeOptions) -> Result<(), StartError> {
     let shutdown = CancellationToken::new();
     let tenant = TenantId::new(&config.tenant_id);
     let metrics = Arc::new(Metrics::default());
-    let (audit, audit_writer) = AuditLog::start(tokio::io::stdout());
+    let (audit, audit_writer) =
+        AuditLog::start(std::io::stdout()).map_err(StartError::AuditWriter)?;
     let poll = Duration::from_secs(options.secret_poll_seconds.max(1));
 
     let keys = (!options.insecure_no_auth).then(|| {
