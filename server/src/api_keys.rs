@@ -63,13 +63,27 @@ impl KeyTable {
     fn from_secret_data(data: &SecretData) -> Self {
         let mut by_digest = HashMap::new();
         for (caller, stored) in data {
+            if caller.starts_with(API_KEY_PREFIX) {
+                // Key and caller swapped: the "caller id" is a raw key, so
+                // it must not reach the log.
+                tracing::warn!(
+                    "ignoring API key entry: its caller id looks like a raw API key (store `<caller>: <hash>`, never the key)"
+                );
+                continue;
+            }
             if !is_valid_caller_id(caller) {
                 tracing::warn!(caller = %caller.escape_debug(), "ignoring API key entry: invalid caller id");
                 continue;
             }
             match parse_hash(stored.expose_secret()) {
                 Some(digest) => {
-                    by_digest.insert(digest, CallerId::new(caller));
+                    if let Some(previous) = by_digest.insert(digest, CallerId::new(caller)) {
+                        tracing::warn!(
+                            caller = %caller,
+                            previous = %previous,
+                            "two callers share one API key hash; the key authenticates as the later one"
+                        );
+                    }
                 }
                 None => tracing::warn!(
                     caller = %caller,
@@ -267,6 +281,13 @@ mod tests {
     fn malformed_entries_are_ignored() {
         let key = generate_api_key().unwrap();
         let store = store_with(&[("alice", &key), ("bad id", &hash_api_key(&key))]);
+        assert_eq!(store.verify(&key), Err(AuthFailure::Invalid));
+    }
+
+    #[test]
+    fn an_entry_named_by_a_raw_key_is_ignored() {
+        let key = generate_api_key().unwrap();
+        let store = store_with(&[(&key, &hash_api_key(&key))]);
         assert_eq!(store.verify(&key), Err(AuthFailure::Invalid));
     }
 

@@ -115,7 +115,7 @@ impl SecretLocation {
                             name: name.clone(),
                             source: Box::new(source),
                         })?;
-                secret_data(namespace, name, &secret)
+                Ok(secret_data(namespace, name, &secret))
             }
         }
     }
@@ -184,8 +184,18 @@ impl SecretLocation {
                     interval.tick().await;
                     match self.load().await {
                         Ok(data) => publish(&tx, data),
+                        // A deleted file or directory is an empty source: removing
+                        // the key file must revoke every key, not freeze them.
+                        Err(SecretSourceError::Read { source, .. })
+                            if source.kind() == std::io::ErrorKind::NotFound =>
+                        {
+                            tracing::warn!("secret source is gone; treating it as empty");
+                            publish(&tx, SecretData::new());
+                        }
+                        // A half-written or mistyped file keeps the last good
+                        // values, so a typo does not lock every caller out.
                         Err(error) => {
-                            tracing::warn!(%error, "secret source unreadable; keeping the last good values");
+                            tracing::error!(%error, "secret source unreadable; keeping the last good values");
                         }
                     }
                 }
@@ -213,10 +223,7 @@ impl SecretLocation {
         loop {
             let version = match api.get(name).await {
                 Ok(secret) => {
-                    match secret_data(namespace, name, &secret) {
-                        Ok(data) => publish(tx, data),
-                        Err(error) => tracing::warn!(%error, "ignoring unreadable Secret"),
-                    }
+                    publish(tx, secret_data(namespace, name, &secret));
                     secret.metadata.resource_version.unwrap_or_default()
                 }
                 Err(error) => {
@@ -231,12 +238,7 @@ impl SecretLocation {
                     while let Some(event) = stream.next().await {
                         match event {
                             Ok(WatchEvent::Added(secret) | WatchEvent::Modified(secret)) => {
-                                match secret_data(namespace, name, &secret) {
-                                    Ok(data) => publish(tx, data),
-                                    Err(error) => {
-                                        tracing::warn!(%error, "ignoring unreadable Secret");
-                                    }
-                                }
+                                publish(tx, secret_data(namespace, name, &secret));
                             }
                             Ok(WatchEvent::Deleted(_)) => publish(tx, SecretData::new()),
                             Ok(WatchEvent::Bookmark(_)) => {}
@@ -283,20 +285,28 @@ fn same_values(a: &SecretData, b: &SecretData) -> bool {
             .all(|((ka, va), (kb, vb))| ka == kb && va.expose_secret() == vb.expose_secret())
 }
 
-fn secret_data(
-    namespace: &str,
-    name: &str,
-    secret: &Secret,
-) -> Result<SecretData, SecretSourceError> {
+fn secret_data(namespace: &str, name: &str, secret: &Secret) -> SecretData {
     let location = format!("Secret {namespace}/{name}");
     let mut data = SecretData::new();
     for (key, value) in secret.data.iter().flatten() {
-        data.insert(key.clone(), text(value.0.clone(), &location, key)?);
+        insert_text(&mut data, key, value.0.clone(), &location);
     }
     for (key, value) in secret.string_data.iter().flatten() {
         data.insert(key.clone(), SecretString::from(value.as_str()));
     }
-    Ok(data)
+    data
+}
+
+/// Adds one value; a value that is not text is left out (and logged by key,
+/// never by value) rather than failing the whole source, so one bad entry
+/// can neither hide the others nor hold back an update that revokes a key.
+fn insert_text(data: &mut SecretData, key: &str, bytes: Vec<u8>, location: &str) {
+    match text(bytes, location, key) {
+        Ok(value) => {
+            data.insert(key.to_owned(), value);
+        }
+        Err(error) => tracing::warn!(%error, "leaving the value out"),
+    }
 }
 
 fn text(bytes: Vec<u8>, location: &str, key: &str) -> Result<SecretString, SecretSourceError> {
@@ -360,7 +370,7 @@ async fn read_directory(path: &Path) -> Result<SecretData, SecretSourceError> {
                 path: file.clone(),
                 source,
             })?;
-        data.insert(key.clone(), text(bytes, &file.display().to_string(), &key)?);
+        insert_text(&mut data, &key, bytes, &file.display().to_string());
     }
     Ok(data)
 }
@@ -487,6 +497,47 @@ mod tests {
         )
         .await;
         assert!(updated.is_ok(), "the rotated Secret was not picked up");
+        shutdown.cancel();
+    }
+
+    #[test]
+    fn one_value_that_is_not_text_leaves_the_others_readable() {
+        let mut bad = secret("sha256:aa");
+        bad.data.get_or_insert_default().insert(
+            "binary".to_owned(),
+            k8s_openapi::ByteString(vec![0xff, 0xfe]),
+        );
+        let data = secret_data("bulkhead-acme", "bulkhead-api-keys", &bad);
+        assert_eq!(data.keys().collect::<Vec<_>>(), vec!["alice"]);
+    }
+
+    #[tokio::test]
+    async fn a_deleted_file_source_becomes_empty() {
+        let dir = scratch_dir("deleted");
+        let file = dir.join("keys.yaml");
+        std::fs::write(&file, "alice: sha256:aa\n").unwrap();
+        let location = SecretLocation::new(
+            SecretSource::File {
+                path: file.display().to_string(),
+            },
+            None,
+        );
+        let shutdown = CancellationToken::new();
+        let mut rx = location.watch(Duration::from_millis(20), shutdown.clone());
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            rx.wait_for(|d| d.as_ref().is_some_and(|d| d.contains_key("alice"))),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        std::fs::remove_file(&file).unwrap();
+        let emptied = tokio::time::timeout(
+            Duration::from_secs(5),
+            rx.wait_for(|d| d.as_ref().is_some_and(|d| d.is_empty())),
+        )
+        .await;
+        assert!(emptied.is_ok(), "keys of a deleted file stayed valid");
         shutdown.cancel();
     }
 

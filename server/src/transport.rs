@@ -343,11 +343,22 @@ impl McpEndpoint {
                 pending.outcome = Outcome::PayloadTooLarge;
                 return plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
             }
-            match axum::body::to_bytes(body, self.max_body_bytes).await {
-                Ok(bytes) => bytes,
-                Err(_) => {
+            // The body read counts against the request timeout too, so a
+            // caller trickling a body cannot hold a request open forever.
+            match tokio::time::timeout(
+                self.request_timeout,
+                axum::body::to_bytes(body, self.max_body_bytes),
+            )
+            .await
+            {
+                Ok(Ok(bytes)) => bytes,
+                Ok(Err(_)) => {
                     pending.outcome = Outcome::PayloadTooLarge;
                     return plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large");
+                }
+                Err(_) => {
+                    pending.outcome = Outcome::Timeout;
+                    return plain(StatusCode::REQUEST_TIMEOUT, "Request Timeout");
                 }
             }
         } else {

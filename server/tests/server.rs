@@ -360,6 +360,31 @@ async fn transport_refuses_bad_requests_without_falling_over() {
     // Oversized body (limit 4096 bytes).
     let big = call_body(1, "whoami", json!({"pad": "x".repeat(8192)}));
     assert_eq!(post(None, None, big).await.unwrap().status(), 413);
+    // The same without a Content-Length: chunked, cut off while streaming.
+    let address = server
+        .mcp_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .to_owned();
+    let head = |framing: &str| {
+        format!(
+            "POST /mcp HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+             {framing}\r\n\r\n"
+        )
+    };
+    let mut chunked = head("Transfer-Encoding: chunked");
+    for _ in 0..4 {
+        chunked.push_str(&format!("800\r\n{}\r\n", "x".repeat(0x800)));
+    }
+    chunked.push_str("0\r\n\r\n");
+    assert_eq!(raw_status(&address, chunked.as_bytes(), None).await, 413);
+    // A body that never finishes is cut off at the request timeout (10 s).
+    let slow = format!("{}{{\"jsonrpc\"", head("Content-Length: 100"));
+    assert_eq!(
+        raw_status(&address, slow.as_bytes(), Some(Duration::from_secs(20))).await,
+        408
+    );
     // Malformed JSON-RPC.
     let malformed = post(None, None, "{not json".into()).await.unwrap();
     assert_eq!(malformed.status(), 400);
@@ -508,4 +533,31 @@ async fn insecure_mode_is_refused_off_loopback() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("only allowed on a loopback"), "{stderr}");
+}
+
+/// Sends raw bytes over one TCP connection and returns the response's status
+/// code, keeping the connection open (without sending more) until the server
+/// answers or `wait` runs out.
+async fn raw_status(address: &str, request: &[u8], wait: Option<Duration>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut response = Vec::new();
+    let mut buffer = [0u8; 1024];
+    let read = async {
+        while !response.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "connection closed without a response");
+            response.extend_from_slice(&buffer[..n]);
+        }
+    };
+    tokio::time::timeout(wait.unwrap_or(Duration::from_secs(5)), read)
+        .await
+        .expect("the server answered");
+    let status_line = String::from_utf8_lossy(&response);
+    status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap()
 }

@@ -152,9 +152,17 @@ pub fn safe_segments(path: &str) -> Result<Vec<&str>, PathError> {
             let decoded = hex.and_then(|h| u8::from_str_radix(h, 16).ok());
             match decoded {
                 None => return Err(PathError::Unsafe("malformed percent-encoding")),
-                Some(b'.' | b'/' | b'\\' | b'%') => {
+                Some(b'.' | b'/' | b'\\' | b'%' | b';') => {
                     return Err(PathError::Unsafe(
-                        "encoded dots, slashes, backslashes and percent signs are not allowed",
+                        "encoded dots, slashes, backslashes, semicolons and percent signs are not allowed",
+                    ));
+                }
+                // Encoded control characters (NUL truncates paths in some
+                // servers) and overlong UTF-8 lead bytes (0xC0/0xC1, never
+                // valid; `%c0%ae` is a classic encoded dot).
+                Some(0x00..=0x1f | 0x7f | 0xc0 | 0xc1) => {
+                    return Err(PathError::Unsafe(
+                        "encoded control characters and overlong UTF-8 are not allowed",
                     ));
                 }
                 Some(_) => {}
@@ -167,8 +175,16 @@ pub fn safe_segments(path: &str) -> Result<Vec<&str>, PathError> {
         rest.split('/').collect()
     };
     for (i, s) in segments.iter().enumerate() {
-        if *s == "." || *s == ".." {
-            return Err(PathError::Unsafe("'.' and '..' segments are not allowed"));
+        // `..;` and `..;jsessionid=x` are `..` to servlet containers, which
+        // strip path parameters before normalising; refuse every segment
+        // that starts with two dots, and path parameters altogether.
+        if *s == "." || s.starts_with("..") {
+            return Err(PathError::Unsafe(
+                "'.' segments and segments starting with '..' are not allowed",
+            ));
+        }
+        if s.contains(';') {
+            return Err(PathError::Unsafe("path parameters (';') are not allowed"));
         }
         if s.is_empty() && i + 1 != segments.len() {
             return Err(PathError::Unsafe("empty path segments are not allowed"));
@@ -266,6 +282,14 @@ mod tests {
             "/v1/invoices/1?admin=1",
             "/v1/reports/x\\..\\admin",
             "/v1/reports/%zz",
+            "/v1/reports/..;/..;/admin",
+            "/v1/invoices/..;",
+            "/v1/reports/..;jsessionid=x/admin",
+            "/v1/reports/..%00/admin",
+            "/v1/reports/%c0%ae%c0%ae/admin",
+            "/v1/reports/%C0%AE./admin",
+            "/v1/reports/a%3b/admin",
+            "/v1/reports/a;b",
         ] {
             assert!(check_allowed(&rules, "GET", path).is_err(), "{path}");
         }

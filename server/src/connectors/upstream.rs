@@ -109,22 +109,60 @@ pub fn is_public_address(ip: IpAddr) -> bool {
                 || a == 0
                 || (a == 100 && (64..128).contains(&b))
                 || (a == 192 && b == 0)
+                || (a == 198 && (b == 18 || b == 19))
                 || a >= 240)
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
+            if let Some(v4) = embedded_ipv4(v6) {
                 return is_public_address(IpAddr::V4(v4));
             }
-            let first = v6.segments()[0];
+            let [first, second, ..] = v6.segments();
             !(v6.is_loopback()
                 || v6.is_unspecified()
                 || v6.is_multicast()
                 || (first & 0xfe00) == 0xfc00
                 || (first & 0xffc0) == 0xfe80
-                || (first == 0x64 && v6.segments()[1] == 0xff9b)
-                || first == 0x2001 && v6.segments()[1] == 0x0db8)
+                // Site-local (deprecated, still routed by some stacks).
+                || (first & 0xffc0) == 0xfec0
+                || (first == 0x64 && second == 0xff9b)
+                // Teredo tunnels to an arbitrary IPv4 address.
+                || (first == 0x2001 && second == 0)
+                || (first == 0x2001 && second == 0x0db8))
         }
     }
+}
+
+/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`),
+/// IPv4-compatible (`::a.b.c.d`) or 6to4 (`2002:AABB:CCDD::/48`) IPv6
+/// address, which reaches that IPv4 address.
+fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return Some(v4);
+    }
+    let segments = v6.segments();
+    let join =
+        |high: u16, low: u16| std::net::Ipv4Addr::from((u32::from(high) << 16) | u32::from(low));
+    if segments[..6] == [0; 6] && !(v6.is_loopback() || v6.is_unspecified()) {
+        return Some(join(segments[6], segments[7]));
+    }
+    if segments[0] == 0x2002 {
+        return Some(join(segments[1], segments[2]));
+    }
+    None
+}
+
+/// Whether a connector may connect to `ip`. Link-local addresses (cloud
+/// metadata at 169.254.169.254, `fe80::/10`) are refused even where
+/// `allowPrivateTargets` opens private and loopback ones.
+pub fn may_connect(ip: IpAddr, allow_private: bool) -> bool {
+    let link_local = match ip {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => {
+            embedded_ipv4(v6).is_some_and(|v4| v4.is_link_local())
+                || (v6.segments()[0] & 0xffc0) == 0xfe80
+        }
+    };
+    !link_local && (allow_private || is_public_address(ip))
 }
 
 /// Marker error returned by the resolver, found again in reqwest's error
@@ -152,7 +190,7 @@ impl Resolve for GuardedResolver {
         Box::pin(async move {
             let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
                 .await?
-                .filter(|a| allow_private || is_public_address(a.ip()))
+                .filter(|a| may_connect(a.ip(), allow_private))
                 .collect();
             if addrs.is_empty() {
                 return Err(Box::new(TargetRefused) as Box<dyn std::error::Error + Send + Sync>);
@@ -243,11 +281,10 @@ impl Upstream {
             return Err(UpstreamError::RefusedTarget);
         }
         if let Some(url::Host::Ipv4(_) | url::Host::Ipv6(_)) = url.host()
-            && !self.allow_private
             && let Some(ip) = url
                 .host_str()
                 .and_then(|h| h.trim_matches(['[', ']']).parse::<IpAddr>().ok())
-            && !is_public_address(ip)
+            && !may_connect(ip, self.allow_private)
         {
             return Err(UpstreamError::RefusedTarget);
         }
@@ -338,11 +375,34 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
+            "::a9fe:a9fe",
+            "::10.0.0.1",
+            "2002:a9fe:a9fe::1",
+            "2002:7f00:1::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
+            "fec0::1",
+            "198.18.0.1",
         ] {
             assert!(!is_public_address(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["140.82.112.6", "2606:4700::1111"] {
+        for ip in ["140.82.112.6", "2606:4700::1111", "2002:8c52:7006::1"] {
             assert!(is_public_address(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn link_local_stays_closed_when_private_targets_are_allowed() {
+        for ip in [
+            "169.254.169.254",
+            "fe80::1",
+            "::ffff:169.254.169.254",
+            "2002:a9fe:a9fe::1",
+        ] {
+            assert!(!may_connect(ip.parse().unwrap(), true), "{ip}");
+        }
+        for ip in ["127.0.0.1", "10.0.0.1", "::1"] {
+            assert!(may_connect(ip.parse().unwrap(), true), "{ip}");
+            assert!(!may_connect(ip.parse().unwrap(), false), "{ip}");
         }
     }
 
