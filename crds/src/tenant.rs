@@ -40,9 +40,9 @@ use serde::{Deserialize, Serialize};
     "message": "every connector's credential must be declared in spec.credentials"
 }]))]
 pub struct TenantSpec {
-    /// Human-readable name of the tenant.
+    /// Human-readable name of the tenant (no control characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), regex(pattern = r"^[^\x00-\x1f\x7f-\x9f]*$"))]
     pub display_name: Option<String>,
     /// The tenant's MCP server Deployment.
     #[serde(default)]
@@ -192,11 +192,13 @@ pub struct AllowRule {
 #[serde(rename_all = "camelCase")]
 pub struct NetworkSpec {
     /// Namespaces (by label selector) whose pods may call the server. Empty
-    /// means no namespace may; an empty selector is refused.
+    /// means no namespace may. Each selector must name namespaces with
+    /// matchLabels or an `In` expression; an empty selector, or one made only
+    /// of NotIn, Exists or DoesNotExist, is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), extend("x-kubernetes-validations" = [{
-        "rule": "self.all(s, (has(s.matchLabels) && size(s.matchLabels) > 0) || (has(s.matchExpressions) && size(s.matchExpressions) > 0))",
-        "message": "an empty namespace selector would admit every namespace; name the namespaces with matchLabels or matchExpressions"
+        "rule": "self.all(s, (has(s.matchLabels) && size(s.matchLabels) > 0) || (has(s.matchExpressions) && s.matchExpressions.exists(e, e.operator == 'In')))",
+        "message": "a namespace selector must name namespaces with matchLabels or an In expression: an empty selector would admit every namespace, and NotIn, Exists or DoesNotExist alone admit almost every one"
     }]))]
     pub ingress_from: Vec<LabelSelector>,
     /// Upstream destinations the server may connect to.

@@ -305,14 +305,15 @@ fn validate_spec(tenant: &Tenant, errors: &mut Errors) {
             .match_labels
             .as_ref()
             .is_some_and(|l| !l.is_empty());
-        let has_expressions = selector
+        let has_in = selector
             .match_expressions
-            .as_ref()
-            .is_some_and(|e| !e.is_empty());
-        if !has_labels && !has_expressions {
+            .iter()
+            .flatten()
+            .any(|requirement| requirement.operator == "In");
+        if !has_labels && !has_in {
             errors.add(
                 format!("spec.network.ingressFrom[{i}]"),
-                "an empty selector would admit every namespace; name the namespaces with matchLabels or matchExpressions",
+                "a namespace selector must name namespaces with matchLabels or an In expression: an empty selector would admit every namespace, and NotIn, Exists or DoesNotExist alone admit almost every one",
             );
         }
         // The API server checks these when the NetworkPolicy is applied; here

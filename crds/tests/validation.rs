@@ -331,6 +331,17 @@ fn cases() -> Vec<Case> {
             schema: Schema::Cel("admit every namespace"),
         },
         Case {
+            name: "selector of only NotIn and Exists",
+            edit: |t| {
+                t["spec"]["network"]["ingressFrom"][1] = json!({"matchExpressions": [
+                    {"key": "team", "operator": "NotIn", "values": ["blocked"]},
+                    {"key": "kubernetes.io/metadata.name", "operator": "Exists"},
+                ]})
+            },
+            field: "spec.network.ingressFrom[1]",
+            schema: Schema::Cel("alone admit almost every one"),
+        },
+        Case {
             name: "port zero",
             edit: |t| t["spec"]["network"]["egress"]["ports"][0] = json!(0),
             field: "spec.network.egress.ports[0]",
@@ -370,6 +381,12 @@ fn cases() -> Vec<Case> {
             name: "zero burst",
             edit: |t| t["spec"]["rateLimits"]["perTool"][0]["burst"] = json!(0),
             field: "spec.rateLimits.perTool[0].burst",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "display name with a control character",
+            edit: |t| t["spec"]["displayName"] = json!("Acme\u{1b}[2J Corp"),
+            field: "spec.displayName",
             schema: Schema::Keyword,
         },
         Case {

@@ -28,14 +28,20 @@ pub const NETWORK_POLICY_NAME: &str = "bulkhead-tenant-isolation";
 /// Upstream port when the spec names none.
 pub const DEFAULT_EGRESS_PORT: i32 = 443;
 /// Ranges closed to upstream traffic unless a Tenant names them exactly:
-/// private networks, link-local (cloud metadata at 169.254.169.254) and
-/// loopback, for IPv4 and IPv6.
+/// private networks, link-local (cloud metadata at 169.254.169.254),
+/// loopback, "this network", shared address space (CGNAT; some clouds put
+/// pods or their metadata service there, e.g. 100.100.100.200), and the
+/// NAT64 prefixes through which an IPv6 pod reaches private IPv4 ranges.
 pub const CLOSED_RANGES: &[&str] = &[
+    "0.0.0.0/8",
     "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
     "172.16.0.0/12",
     "192.168.0.0/16",
-    "169.254.0.0/16",
-    "127.0.0.0/8",
+    "64:ff9b::/96",
+    "64:ff9b:1::/48",
     "fc00::/7",
     "fe80::/10",
     "::1/128",
@@ -303,7 +309,9 @@ mod tests {
             [(
                 "0.0.0.0/0".to_owned(),
                 strings(&[
+                    "0.0.0.0/8",
                     "10.0.0.0/8",
+                    "100.64.0.0/10",
                     "127.0.0.0/8",
                     "169.254.0.0/16",
                     "172.16.0.0/12",
@@ -337,8 +345,10 @@ mod tests {
                 (
                     "0.0.0.0/0".to_owned(),
                     strings(&[
+                        "0.0.0.0/8",
                         "10.96.0.0/12",
                         "10.244.0.0/16",
+                        "100.64.0.0/10",
                         "127.0.0.0/8",
                         "169.254.0.0/16",
                         "172.16.0.0/12",
@@ -383,7 +393,13 @@ mod tests {
             blocks(&upstream_peers(&strings(&["::/0"]), &cluster())),
             [(
                 "::/0".to_owned(),
-                strings(&["::1/128", "fc00::/7", "fe80::/10"])
+                strings(&[
+                    "::1/128",
+                    "64:ff9b::/96",
+                    "64:ff9b:1::/48",
+                    "fc00::/7",
+                    "fe80::/10"
+                ])
             )]
         );
     }
