@@ -12,6 +12,9 @@ use kube_cel::{
 };
 use serde_json::{Value, json};
 
+/// A way to misuse a Deployment: its name and the edit that makes it.
+type Abuse = (&'static str, fn(&mut Value));
+
 /// Where a Deployment keeps its pod spec.
 const POD: &str = "/spec/template/spec";
 const OPERATOR: &str = "system:serviceaccount:bulkhead-system:bulkhead-operator";
@@ -243,7 +246,7 @@ fn the_operator_may_not_deploy_anything_that_reads_secrets() {
     let objects = objects("full.yaml");
     let namespace = json_of(&objects.namespace, "Namespace", "v1");
     let deployment = json_of(&objects.deployment, "Deployment", "apps/v1");
-    let abuses: [(&str, fn(&mut Value)); 6] = [
+    let abuses: [Abuse; 6] = [
         ("a Secret volume", |d: &mut Value| {
             d.pointer_mut(&format!("{POD}/volumes"))
                 .unwrap()

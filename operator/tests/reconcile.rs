@@ -563,6 +563,57 @@ async fn retain_policy_releases_every_child_before_the_tenant_goes() {
 }
 
 #[tokio::test]
+async fn deleting_after_a_switch_to_delete_keeps_owner_references_for_garbage_collection() {
+    let w = world(vec![tenant("acme", "Retain")]).await;
+    w.reconcile("acme").await.result.expect("reconcile");
+    let uid = w.tenant("acme").await.uid().expect("uid");
+
+    // Policy switched to Delete and the Tenant deleted before the operator
+    // saw the switch: the finalizer is still there.
+    let mut objects = snapshot(&w.client).await;
+    for object in &mut objects {
+        if object["kind"] == "Tenant" {
+            object["spec"]["deletionPolicy"] = json!("Delete");
+            object["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
+            assert!(
+                object["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|f| f == RETAIN_FINALIZER)),
+                "set-up: finalizer present"
+            );
+        }
+    }
+    let deleting = world(objects).await;
+    let done = deleting.reconcile("acme").await;
+    assert_eq!(done.result.expect("finalize"), Action::await_change());
+
+    assert!(
+        Api::<Tenant>::all(deleting.client.clone())
+            .get_opt("acme")
+            .await
+            .unwrap()
+            .is_none(),
+        "finalizer removed, Tenant gone"
+    );
+    let kids = children(&deleting.client, "acme").await;
+    assert_eq!(kids.len(), 9, "nothing deleted by the operator itself");
+    for (kind, meta) in &kids {
+        let owners = meta.owner_references.clone().unwrap_or_default();
+        assert!(
+            owners.iter().any(|o| o.uid == uid),
+            "{kind} lost its owner reference; garbage collection would keep it"
+        );
+    }
+    assert!(
+        events_with_reason(&deleting.client, "Retained")
+            .await
+            .is_empty(),
+        "nothing retained"
+    );
+    assert_eq!(collect_garbage(&deleting.client, &uid).await, 9);
+}
+
+#[tokio::test]
 async fn switching_retain_back_to_delete_removes_the_finalizer() {
     let w = world(vec![tenant("acme", "Retain")]).await;
     w.reconcile("acme").await.result.expect("reconcile");
@@ -614,6 +665,63 @@ async fn an_invalid_spec_is_reported_and_waits_for_a_change_without_touching_the
     let again = w.reconcile("acme").await;
     assert_eq!(again.result.expect("reconcile"), Action::await_change());
     assert_eq!((again.writes, again.events), (0, 0));
+}
+
+#[tokio::test]
+async fn a_child_the_api_server_rejects_as_invalid_stalls_until_the_spec_changes() {
+    let w = world(vec![tenant("acme", "Delete")]).await;
+    w.faults.reject_writes_to(Some("/deployments/"));
+    let done = w.reconcile("acme").await;
+    assert_eq!(
+        done.result
+            .expect("no error: retrying the same spec cannot help"),
+        Action::await_change()
+    );
+
+    let acme = w.tenant("acme").await;
+    let ready = condition(&acme, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.reason.as_str()),
+        ("False", "ApplyRejected")
+    );
+    assert!(
+        ready.message.contains("spec.template.spec.nodeSelector"),
+        "server's message reported: {}",
+        ready.message
+    );
+    let stalled = condition(&acme, "Stalled");
+    assert_eq!(
+        (stalled.status.as_str(), stalled.reason.as_str()),
+        ("True", "ApplyRejected")
+    );
+    assert_eq!(
+        acme.status.as_ref().and_then(|s| s.observed_generation),
+        acme.metadata.generation
+    );
+    let events = events_with_reason(&w.client, "ApplyRejected").await;
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].type_.as_deref(), Some("Warning"));
+    assert!(
+        events_with_reason(&w.client, "ReconcileFailed")
+            .await
+            .is_empty(),
+        "not treated as a failure to retry"
+    );
+
+    // The status write triggers another reconcile: it settles. Its only
+    // write is the Deployment apply the server refuses again.
+    let version = acme.resource_version();
+    let again = w.reconcile("acme").await;
+    assert_eq!(again.result.expect("reconcile"), Action::await_change());
+    assert_eq!((again.writes, again.events), (1, 0), "no status churn");
+    assert_eq!(w.tenant("acme").await.resource_version(), version);
+
+    // Once the server accepts the object, the Tenant becomes Ready again.
+    w.faults.reject_writes_to(None);
+    let healed = w.reconcile("acme").await;
+    assert!(healed.result.is_ok());
+    let acme = w.tenant("acme").await;
+    assert!(!has_condition(&acme, "Stalled"));
 }
 
 #[tokio::test]

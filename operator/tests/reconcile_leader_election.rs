@@ -4,7 +4,7 @@ mod reconcile_support;
 
 use std::time::Duration;
 
-use bulkhead_operator::controller::leader::{Attempt, LeaderElector, LeaseSettings};
+use bulkhead_operator::controller::leader::{Attempt, LeaderElector, LeaseError, LeaseSettings};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
 use reconcile_support::world;
@@ -12,14 +12,28 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 fn elector(client: &Client, identity: &str) -> LeaderElector {
+    elector_with(
+        client,
+        identity,
+        Duration::from_secs(15),
+        Duration::from_secs(10),
+    )
+}
+
+fn elector_with(
+    client: &Client,
+    identity: &str,
+    lease_duration: Duration,
+    renew_deadline: Duration,
+) -> LeaderElector {
     LeaderElector::new(
         client.clone(),
         LeaseSettings {
             name: "bulkhead-operator".into(),
             namespace: "bulkhead-system".into(),
             identity: identity.into(),
-            lease_duration: Duration::from_secs(15),
-            renew_deadline: Duration::from_secs(10),
+            lease_duration,
+            renew_deadline,
             retry_period: Duration::from_millis(10),
         },
     )
@@ -93,7 +107,7 @@ async fn an_expired_lease_is_taken_over_and_a_valid_one_is_not() {
 async fn losing_the_lease_stops_the_holder() {
     let w = world(vec![]).await;
     let a = elector(&w.client, "replica-a");
-    assert!(a.acquire(&CancellationToken::new()).await);
+    let won_at = a.acquire(&CancellationToken::new()).await.expect("leading");
     // Someone else takes the lease over (e.g. after a long pause of ours).
     let leases: Api<Lease> = Api::namespaced(w.client.clone(), "bulkhead-system");
     let mut lease = leases.get("bulkhead-operator").await.expect("lease");
@@ -106,8 +120,42 @@ async fn losing_the_lease_stops_the_holder() {
         .expect("take over");
 
     let (shutdown, lost) = (CancellationToken::new(), CancellationToken::new());
-    tokio::time::timeout(Duration::from_secs(5), a.keep(&shutdown, &lost))
+    tokio::time::timeout(Duration::from_secs(5), a.keep(&shutdown, &lost, won_at))
         .await
         .expect("keep returns once the lease is lost");
     assert!(lost.is_cancelled());
+}
+
+#[tokio::test]
+async fn a_hanging_lease_api_stops_the_holder_before_the_lease_can_be_taken_over() {
+    let w = world(vec![]).await;
+    let lease_duration = Duration::from_secs(3);
+    let renew_deadline = Duration::from_millis(500);
+    let a = elector_with(&w.client, "replica-a", lease_duration, renew_deadline);
+    let won_at = a.acquire(&CancellationToken::new()).await.expect("leading");
+    // From now on the API server accepts lease requests and never answers.
+    w.faults.hang_requests_to(Some("/leases"));
+
+    let (shutdown, lost) = (CancellationToken::new(), CancellationToken::new());
+    tokio::time::timeout(Duration::from_secs(10), a.keep(&shutdown, &lost, won_at))
+        .await
+        .expect("keep gives up instead of waiting on the hung request");
+    assert!(lost.is_cancelled(), "leadership dropped");
+    let held_for = won_at.elapsed();
+    assert!(
+        held_for < lease_duration,
+        "stopped after {held_for:?}; another replica may take over after {lease_duration:?}"
+    );
+
+    // A single attempt is bounded the same way.
+    let attempt = tokio::time::timeout(
+        Duration::from_secs(10),
+        a.try_acquire_or_renew_until(tokio::time::Instant::now() + Duration::from_millis(100)),
+    )
+    .await
+    .expect("attempt bounded by its deadline");
+    assert!(
+        matches!(attempt, Err(LeaseError::DeadlineExceeded)),
+        "{attempt:?}"
+    );
 }

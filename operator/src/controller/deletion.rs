@@ -14,7 +14,9 @@
 //! drops the finalizer. The namespace and its contents stay, keeping their
 //! Bulkhead labels so people can find them; a new Tenant of the same name
 //! will not adopt them (its UID differs), it reports a namespace conflict.
-//! Switching a live Tenant from Retain to Delete removes the finalizer again.
+//! Switching a live Tenant from Retain to Delete removes the finalizer again;
+//! if the Tenant is deleted before that happened, the finalizer is dropped
+//! without releasing anything, so the policy in force at deletion wins.
 
 use std::fmt::Debug;
 
@@ -96,6 +98,16 @@ pub async fn release_children(
     release_namespaced::<Service>(client, tenant_namespace, &selector, &uid, &mut released).await?;
     release_namespaced::<Deployment>(client, tenant_namespace, &selector, &uid, &mut released)
         .await?;
+    drop_retain_finalizer(client, tenant).await?;
+    Ok(released)
+}
+
+/// Removes the [`RETAIN_FINALIZER`] from a Tenant being deleted, leaving its
+/// children's owner references alone.
+///
+/// Used on its own when the policy was switched to Delete after the
+/// finalizer was added: the garbage collector then removes the children.
+pub async fn drop_retain_finalizer(client: &Client, tenant: &Tenant) -> Result<()> {
     let remaining = tenant
         .finalizers()
         .iter()
@@ -105,11 +117,10 @@ pub async fn release_children(
     let api: Api<Tenant> = Api::all(client.clone());
     match patch_finalizers(&api, tenant, remaining).await {
         // Not found: removing the last finalizer completed the deletion.
-        Ok(_) => {}
-        Err(e) if e.is_not_found() => {}
-        Err(e) => return Err(e),
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e),
     }
-    Ok(released)
 }
 
 async fn release_namespaced<K>(

@@ -57,6 +57,21 @@ impl Error {
         }
     }
 
+    /// `(action, the API server's message)` when the server rejected a
+    /// write as invalid (HTTP 422): retrying the same object cannot succeed,
+    /// only a spec change can.
+    pub fn rejection(&self) -> Option<(&str, &str)> {
+        match self {
+            Self::Kube { action, source } => match source.as_ref() {
+                kube::Error::Api(status) if status.code == 422 => {
+                    Some((action.as_str(), status.message.as_str()))
+                }
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// Whether the API said the object does not exist (HTTP 404).
     pub fn is_not_found(&self) -> bool {
         match self {

@@ -13,6 +13,12 @@
 //! leaseDurationSeconds` has passed. A holder that could not renew for
 //! `renew_deadline` (shorter than the lease duration) stops reconciling
 //! before anyone else may take over.
+//!
+//! Every API call of an attempt is bounded by the renew deadline, and a
+//! renewal counts from the start of the attempt that made it (the
+//! `renewTime` written is taken then too): a call that hangs can therefore
+//! never keep this replica reconciling past the point where another replica
+//! could take the lease over.
 
 use std::time::Duration;
 
@@ -21,6 +27,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::PostParams;
 use kube::{Api, Client};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -39,6 +46,18 @@ pub struct LeaseSettings {
     pub renew_deadline: Duration,
     /// How often the holder renews and a candidate retries.
     pub retry_period: Duration,
+}
+
+/// Why one attempt to acquire or renew the lease failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The Lease API answered with an error or could not be reached.
+    #[error("lease request failed: {0}")]
+    Kube(#[from] kube::Error),
+    /// The API did not answer before the renew deadline; the attempt was
+    /// abandoned so that leadership cannot outlive the lease.
+    #[error("lease request did not finish before the renew deadline")]
+    DeadlineExceeded,
 }
 
 /// Acquires and renews one Lease.
@@ -65,12 +84,23 @@ impl LeaderElector {
         }
     }
 
-    /// One attempt to acquire or renew the lease.
-    pub async fn try_acquire_or_renew(&self) -> Result<Attempt, kube::Error> {
+    /// One attempt to acquire or renew the lease, given the renew deadline
+    /// to finish in.
+    pub async fn try_acquire_or_renew(&self) -> Result<Attempt, LeaseError> {
+        self.try_acquire_or_renew_until(Instant::now() + self.settings.renew_deadline)
+            .await
+    }
+
+    /// One attempt to acquire or renew the lease; every API call is
+    /// abandoned with [`LeaseError::DeadlineExceeded`] at `deadline`.
+    pub async fn try_acquire_or_renew_until(
+        &self,
+        deadline: Instant,
+    ) -> Result<Attempt, LeaseError> {
         let now = Timestamp::now();
         let duration_secs =
             i32::try_from(self.settings.lease_duration.as_secs()).unwrap_or(i32::MAX);
-        let Some(mut lease) = self.api.get_opt(&self.settings.name).await? else {
+        let Some(mut lease) = before(deadline, self.api.get_opt(&self.settings.name)).await? else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.settings.name.clone()),
@@ -86,9 +116,11 @@ impl LeaderElector {
                     ..LeaseSpec::default()
                 }),
             };
-            return match self.api.create(&PostParams::default(), &lease).await {
+            return match before(deadline, self.api.create(&PostParams::default(), &lease)).await {
                 Ok(_) => Ok(Attempt::Leading),
-                Err(kube::Error::Api(status)) if status.code == 409 => Ok(Attempt::Following),
+                Err(LeaseError::Kube(kube::Error::Api(status))) if status.code == 409 => {
+                    Ok(Attempt::Following)
+                }
                 Err(e) => Err(e),
             };
         };
@@ -106,20 +138,28 @@ impl LeaderElector {
         spec.renew_time = Some(MicroTime(now));
         spec.lease_duration_seconds = Some(duration_secs);
         // The resourceVersion read above makes this a compare-and-swap.
-        match self
-            .api
-            .replace(&self.settings.name, &PostParams::default(), &lease)
-            .await
+        match before(
+            deadline,
+            self.api
+                .replace(&self.settings.name, &PostParams::default(), &lease),
+        )
+        .await
         {
             Ok(_) => Ok(Attempt::Leading),
-            Err(kube::Error::Api(status)) if status.code == 409 => Ok(Attempt::Following),
+            Err(LeaseError::Kube(kube::Error::Api(status))) if status.code == 409 => {
+                Ok(Attempt::Following)
+            }
             Err(e) => Err(e),
         }
     }
 
     /// Gives the lease up so another replica can take over at once.
-    pub async fn release(&self) -> Result<(), kube::Error> {
-        let Some(mut lease) = self.api.get_opt(&self.settings.name).await? else {
+    ///
+    /// Bounded by the renew deadline so a hung API cannot hold up shutdown;
+    /// an unreleased lease simply expires.
+    pub async fn release(&self) -> Result<(), LeaseError> {
+        let deadline = Instant::now() + self.settings.renew_deadline;
+        let Some(mut lease) = before(deadline, self.api.get_opt(&self.settings.name)).await? else {
             return Ok(());
         };
         let Some(spec) = lease.spec.as_mut() else {
@@ -130,25 +170,35 @@ impl LeaderElector {
         }
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
-        self.api
-            .replace(&self.settings.name, &PostParams::default(), &lease)
-            .await
-            .map(|_| ())
+        before(
+            deadline,
+            self.api
+                .replace(&self.settings.name, &PostParams::default(), &lease),
+        )
+        .await
+        .map(|_| ())
     }
 
-    /// Waits until this replica leads; returns false if `shutdown` fired first.
-    pub async fn acquire(&self, shutdown: &CancellationToken) -> bool {
+    /// Waits until this replica leads and returns when the winning attempt
+    /// started (the renewal [`Self::keep`] counts from); `None` if
+    /// `shutdown` fired first.
+    pub async fn acquire(&self, shutdown: &CancellationToken) -> Option<Instant> {
         loop {
-            match self.try_acquire_or_renew().await {
+            let started = Instant::now();
+            let attempt = tokio::select! {
+                () = shutdown.cancelled() => return None,
+                attempt = self.try_acquire_or_renew_until(started + self.settings.renew_deadline) => attempt,
+            };
+            match attempt {
                 Ok(Attempt::Leading) => {
                     info!(lease = %self.settings.name, identity = %self.settings.identity, "acquired leadership");
-                    return true;
+                    return Some(started);
                 }
                 Ok(Attempt::Following) => {}
                 Err(error) => warn!(%error, "could not read or take the leader lease"),
             }
             tokio::select! {
-                () = shutdown.cancelled() => return false,
+                () = shutdown.cancelled() => return None,
                 () = tokio::time::sleep(self.settings.retry_period) => {}
             }
         }
@@ -156,21 +206,30 @@ impl LeaderElector {
 
     /// Renews the lease until `shutdown` fires (returns normally) or the
     /// lease is lost (cancels `lost` and returns).
-    pub async fn keep(&self, shutdown: &CancellationToken, lost: &CancellationToken) {
-        let mut last_renewal = tokio::time::Instant::now();
+    ///
+    /// `renewed_at` is when the attempt that acquired the lease started.
+    pub async fn keep(
+        &self,
+        shutdown: &CancellationToken,
+        lost: &CancellationToken,
+        renewed_at: Instant,
+    ) {
+        let mut last_renewal = renewed_at;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = tokio::time::sleep(self.settings.retry_period) => {}
             }
-            match self.try_acquire_or_renew().await {
-                Ok(Attempt::Leading) => last_renewal = tokio::time::Instant::now(),
+            let started = Instant::now();
+            let deadline = last_renewal + self.settings.renew_deadline;
+            match self.try_acquire_or_renew_until(deadline).await {
+                Ok(Attempt::Leading) => last_renewal = started,
                 Ok(Attempt::Following) => {
                     warn!(lease = %self.settings.name, "another replica holds the leader lease; stopping");
                     lost.cancel();
                     return;
                 }
-                Err(error) if last_renewal.elapsed() >= self.settings.renew_deadline => {
+                Err(error) if Instant::now() >= deadline => {
                     warn!(%error, "could not renew the leader lease before the deadline; stopping");
                     lost.cancel();
                     return;
@@ -178,6 +237,17 @@ impl LeaderElector {
                 Err(error) => warn!(%error, "could not renew the leader lease; retrying"),
             }
         }
+    }
+}
+
+/// Runs one lease request, abandoning it at `deadline`.
+async fn before<T>(
+    deadline: Instant,
+    request: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, LeaseError> {
+    match tokio::time::timeout_at(deadline, request).await {
+        Ok(result) => result.map_err(LeaseError::from),
+        Err(_elapsed) => Err(LeaseError::DeadlineExceeded),
     }
 }
 

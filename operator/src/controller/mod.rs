@@ -37,8 +37,9 @@ use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::ListParams;
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::Controller;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -146,14 +147,16 @@ pub async fn run(settings: OperatorSettings, opts: RunOptions) -> anyhow::Result
     });
     let elector = elector.map(Arc::new);
 
+    // Some when this replica may reconcile; inside it, with leader election
+    // on, the start of the lease attempt that won (renewals count from it).
     let leading = match &elector {
-        Some(elector) => elector.acquire(&shutdown).await,
-        None => true,
+        Some(elector) => elector.acquire(&shutdown).await.map(Some),
+        None => Some(None),
     };
-    if leading {
-        let keeper = elector.clone().map(|elector| {
+    if let Some(won_at) = leading {
+        let keeper = elector.clone().zip(won_at).map(|(elector, won_at)| {
             let (shutdown, lost) = (shutdown.clone(), lost.clone());
-            tokio::spawn(async move { elector.keep(&shutdown, &lost).await })
+            tokio::spawn(async move { elector.keep(&shutdown, &lost, won_at).await })
         });
         let stop = CancellationToken::new();
         let stop_on = {
@@ -214,15 +217,27 @@ async fn run_controller(
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     admin.set_tenant_store(controller.store());
     controller
-        .owns_stream(child_triggers::<Namespace>(Api::all(client.clone())))
-        .owns_stream(namespaced_triggers::<ServiceAccount>(&client))
-        .owns_stream(namespaced_triggers::<RoleBinding>(&client))
-        .owns_stream(namespaced_triggers::<NetworkPolicy>(&client))
-        .owns_stream(namespaced_triggers::<ResourceQuota>(&client))
-        .owns_stream(namespaced_triggers::<LimitRange>(&client))
-        .owns_stream(namespaced_triggers::<ConfigMap>(&client))
-        .owns_stream(namespaced_triggers::<Service>(&client))
-        .owns_stream(namespaced_triggers::<Deployment>(&client))
+        .watches_stream(
+            child_triggers::<Namespace>(Api::all(client.clone())),
+            owning_tenants,
+        )
+        .watches_stream(
+            namespaced_triggers::<ServiceAccount>(&client),
+            owning_tenants,
+        )
+        .watches_stream(namespaced_triggers::<RoleBinding>(&client), owning_tenants)
+        .watches_stream(
+            namespaced_triggers::<NetworkPolicy>(&client),
+            owning_tenants,
+        )
+        .watches_stream(
+            namespaced_triggers::<ResourceQuota>(&client),
+            owning_tenants,
+        )
+        .watches_stream(namespaced_triggers::<LimitRange>(&client), owning_tenants)
+        .watches_stream(namespaced_triggers::<ConfigMap>(&client), owning_tenants)
+        .watches_stream(namespaced_triggers::<Service>(&client), owning_tenants)
+        .watches_stream(namespaced_triggers::<Deployment>(&client), owning_tenants)
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -231,6 +246,29 @@ async fn run_controller(
             }
         })
         .await;
+}
+
+/// The Tenants a child names as owners, as the Controller's queue keys them.
+///
+/// Tenants are cluster-scoped, so the key carries no namespace. kube-runtime's
+/// `owns_stream` would key them with the child's namespace instead; those keys
+/// differ from the Tenant watch's, so the runner would not merge them and
+/// could reconcile one Tenant twice at the same time.
+fn owning_tenants<K: Resource>(child: K) -> Vec<ObjectRef<DeserializeGuard<Tenant>>> {
+    let group = Tenant::group(&());
+    let kind = Tenant::kind(&());
+    child
+        .owner_references()
+        .iter()
+        .filter(|owner| {
+            owner.kind == kind
+                && owner
+                    .api_version
+                    .split_once('/')
+                    .is_some_and(|(owner_group, _)| owner_group == group)
+        })
+        .map(|owner| ObjectRef::new(&owner.name))
+        .collect()
 }
 
 /// Watch of one child kind, used only to trigger reconciles of the owning
@@ -319,4 +357,61 @@ fn init_logging(format: &str) {
     } else {
         builder.try_init()
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+    use kube::api::ObjectMeta;
+
+    use super::*;
+
+    fn owner(api_version: &str, kind: &str, name: &str) -> OwnerReference {
+        OwnerReference {
+            api_version: api_version.to_owned(),
+            kind: kind.to_owned(),
+            name: name.to_owned(),
+            uid: format!("uid-{name}"),
+            controller: Some(true),
+            ..OwnerReference::default()
+        }
+    }
+
+    #[test]
+    fn a_child_maps_to_its_tenant_without_a_namespace_and_ignores_other_owners() {
+        let child = ServiceAccount {
+            metadata: ObjectMeta {
+                name: Some("bulkhead-server".into()),
+                namespace: Some("bulkhead-acme".into()),
+                owner_references: Some(vec![
+                    owner("bulkhead.dev/v1alpha1", "Tenant", "acme"),
+                    owner("apps/v1", "Deployment", "other"),
+                    owner("example.com/v1", "Tenant", "lookalike"),
+                    owner("v1", "Tenant", "core-lookalike"),
+                ]),
+                ..ObjectMeta::default()
+            },
+            ..ServiceAccount::default()
+        };
+        let refs = owning_tenants(child);
+        assert_eq!(refs.len(), 1, "{refs:?}");
+        assert_eq!(refs[0].name, "acme");
+        assert_eq!(refs[0].namespace, None);
+        // The key the Tenant watch itself produces, so the runner dedupes.
+        assert_eq!(refs[0], ObjectRef::<DeserializeGuard<Tenant>>::new("acme"));
+    }
+
+    #[test]
+    fn a_child_without_a_tenant_owner_triggers_nothing() {
+        let child = Namespace {
+            metadata: ObjectMeta {
+                name: Some("bulkhead-acme".into()),
+                owner_references: Some(vec![owner("apps/v1", "ReplicaSet", "x")]),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        assert!(owning_tenants(child).is_empty());
+        assert!(owning_tenants(ConfigMap::default()).is_empty());
+    }
 }

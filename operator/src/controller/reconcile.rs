@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use bulkhead_crds::Tenant;
 use bulkhead_crds::server_config::{API_KEYS_SECRET_NAME, CREDENTIALS_SECRET_NAME};
+use bulkhead_crds::tenant::DeletionPolicy;
 use bulkhead_crds::validation::InvalidTenant;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, ObjectReference};
@@ -27,7 +28,9 @@ use super::apply::{
     read_child,
 };
 use super::backoff::TenantBackoff;
-use super::deletion::{has_retain_finalizer, release_children, sync_finalizer};
+use super::deletion::{
+    drop_retain_finalizer, has_retain_finalizer, release_children, sync_finalizer,
+};
 use super::error::{Error, Result};
 use super::metrics::{Metrics, Outcome};
 use super::status::{
@@ -230,6 +233,19 @@ pub async fn reconcile_tenant(tenant: &Tenant, ctx: &Context) -> Result<Done> {
                 action: Action::await_change(),
             });
         }
+        // Switched to Delete after the finalizer was added: the policy in
+        // force at deletion wins, so the children keep their owner
+        // references and the garbage collector removes them.
+        if tenant.spec.deletion_policy != DeletionPolicy::Retain {
+            drop_retain_finalizer(&ctx.client, tenant).await?;
+            info!(
+                "Tenant deleted with deletionPolicy Delete; finalizer removed, children left to garbage collection"
+            );
+            return Ok(Done {
+                outcome: Outcome::Finalized,
+                action: Action::await_change(),
+            });
+        }
         let released = release_children(&ctx.client, tenant, &ns_name).await?;
         if !released.is_empty() {
             info!(released = ?released, "Tenant deleted with deletionPolicy Retain; children released");
@@ -307,7 +323,19 @@ pub async fn reconcile_tenant(tenant: &Tenant, ctx: &Context) -> Result<Done> {
     }
 
     // apply, in order
-    let applied = apply_all(ctx, &objects, live_namespace, &ns_name).await?;
+    let applied = match apply_all(ctx, &objects, live_namespace, &ns_name).await {
+        Ok(applied) => applied,
+        Err(ref error) if let Some((action, message)) = error.rejection() => {
+            let report = apply_rejected_report(action, message, &ns_name);
+            finish_status(ctx, &tenants, tenant, &report, generation).await?;
+            warn!(%error, "the API server rejected a child as invalid; waiting for a change");
+            return Ok(Done {
+                outcome: Outcome::InvalidSpec,
+                action: Action::await_change(),
+            });
+        }
+        Err(error) => return Err(error),
+    };
     if !applied.written.is_empty() {
         info!(written = ?applied.written, "applied children");
         ctx.publish(
@@ -514,6 +542,22 @@ fn invalid_spec_report(invalid: &InvalidTenant) -> Report {
             Truth::False,
             "InvalidSpec",
             format!("fix the Tenant's spec (nothing was changed in the cluster): {details}"),
+        )),
+        ..Report::default()
+    }
+}
+
+/// A child the API server refused as invalid (HTTP 422), e.g. a
+/// nodeSelector key or resource quantity the Tenant schema let through.
+/// Retrying the same spec cannot succeed, so this is reported as stalled.
+fn apply_rejected_report(action: &str, message: &str, ns: &str) -> Report {
+    Report {
+        namespace: Some(ns.to_owned()),
+        ready: Some(Verdict::new(
+            READY,
+            Truth::False,
+            "ApplyRejected",
+            format!("fix the Tenant's spec; the API server refused to {action}: {message}"),
         )),
         ..Report::default()
     }

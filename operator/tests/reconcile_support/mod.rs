@@ -62,16 +62,47 @@ impl Requests {
     }
 }
 
-/// Makes writes into one namespace fail like an overloaded API server (500).
+/// Makes writes into one namespace fail like an overloaded API server (500),
+/// or requests to some paths never get an answer (a hung connection).
 #[derive(Debug, Default)]
 pub struct Faults {
     failing_namespace: Mutex<Option<String>>,
+    hanging_paths: Mutex<Option<String>>,
+    rejected_paths: Mutex<Option<String>>,
 }
 
 impl Faults {
     /// Fail every write into `namespace` from now on (`None`: stop failing).
     pub fn fail_writes_in(&self, namespace: Option<&str>) {
         *self.failing_namespace.lock().unwrap() = namespace.map(str::to_owned);
+    }
+
+    /// Leave every request whose path contains `fragment` unanswered from
+    /// now on (`None`: answer everything again).
+    pub fn hang_requests_to(&self, fragment: Option<&str>) {
+        *self.hanging_paths.lock().unwrap() = fragment.map(str::to_owned);
+    }
+
+    /// Reject every write whose path contains `fragment` as invalid (422),
+    /// like an API server whose validation refuses the object.
+    pub fn reject_writes_to(&self, fragment: Option<&str>) {
+        *self.rejected_paths.lock().unwrap() = fragment.map(str::to_owned);
+    }
+
+    fn rejects(&self, path: &str) -> bool {
+        self.rejected_paths
+            .lock()
+            .unwrap()
+            .as_deref()
+            .is_some_and(|fragment| path.contains(fragment))
+    }
+
+    fn hangs(&self, path: &str) -> bool {
+        self.hanging_paths
+            .lock()
+            .unwrap()
+            .as_deref()
+            .is_some_and(|fragment| path.contains(fragment))
     }
 
     fn fails(&self, path: &str) -> bool {
@@ -113,6 +144,19 @@ impl tower::Service<Request<Body>> for Layer {
                 &this.requests.writes
             };
             counter.fetch_add(1, Ordering::SeqCst);
+            if this.faults.hangs(&path) {
+                std::future::pending::<()>().await;
+            }
+            if write && this.faults.rejects(&path) {
+                let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": "Deployment.apps \"mcp-server\" is invalid: spec.template.spec.nodeSelector: Invalid value: \"bad key!\": name part must consist of alphanumeric characters",
+                    "reason": "Invalid", "code": 422});
+                return Ok(Response::builder()
+                    .status(StatusCode::UNPROCESSABLE_ENTITY)
+                    .header("content-type", "application/json")
+                    .body(Body::from(status.to_string().into_bytes()))
+                    .expect("response"));
+            }
             if write && this.faults.fails(&path) {
                 let status = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                     "message": "injected: etcd request timed out", "reason": "InternalError", "code": 500});
