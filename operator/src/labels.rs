@@ -8,6 +8,11 @@ pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY_VALUE: &str = "bulkhead";
 /// Label naming the tenant an object belongs to.
 pub const TENANT_LABEL: &str = "bulkhead.dev/tenant";
+/// Annotation on a tenant Namespace naming the UID of the Tenant it belongs
+/// to. A `Retain` Tenant's Namespace carries no ownerReference (so no
+/// deletion of the Tenant, foreground or not, can cascade into it); this
+/// annotation is how the operator still recognises it as its own.
+pub const TENANT_UID_ANNOTATION: &str = "bulkhead.dev/tenant-uid";
 /// Server-side apply field manager of the operator.
 pub const FIELD_MANAGER: &str = "bulkhead-operator";
 

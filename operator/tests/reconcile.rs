@@ -518,6 +518,18 @@ async fn retain_policy_releases_every_child_before_the_tenant_goes() {
         "adding the finalizer converges"
     );
     let uid = acme.uid().expect("uid");
+    // Nothing can cascade into a retained namespace: it has no owner and is
+    // recognised by the Tenant's UID annotation instead (the no-op reconcile
+    // above shows it is not taken for someone else's namespace).
+    let namespace = Api::<Namespace>::all(w.client.clone())
+        .get("bulkhead-acme")
+        .await
+        .expect("namespace");
+    assert!(namespace.owner_references().is_empty());
+    assert_eq!(
+        namespace.annotations().get("bulkhead.dev/tenant-uid"),
+        Some(&uid)
+    );
 
     // The fake API server deletes at once and ignores finalizers, so the
     // "marked for deletion" state is set up as the API server would leave

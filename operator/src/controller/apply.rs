@@ -19,7 +19,9 @@ use serde::de::DeserializeOwned;
 
 use super::drift::is_semantic_subset;
 use super::error::{Error, Result};
-use crate::labels::{FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, TENANT_LABEL};
+use crate::labels::{
+    FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, TENANT_LABEL, TENANT_UID_ANNOTATION,
+};
 
 /// A child object after [`ensure_child`]: the live state and whether it was written.
 #[derive(Debug)]
@@ -53,7 +55,9 @@ where
     if let Some(live) = live {
         let desired_json = to_json(desired, &name)?;
         let live_json = to_json(&live, &name)?;
-        if is_semantic_subset(&desired_json, &live_json) {
+        if is_semantic_subset(&desired_json, &live_json)
+            && tenant_owners(desired) == tenant_owners(&live)
+        {
             return Ok(Ensured {
                 object: live,
                 written: false,
@@ -90,12 +94,30 @@ where
     ensure_child(api, desired, live).await
 }
 
-/// Whether `object` names the Tenant with `tenant_uid` among its owners.
+/// Whether `object` belongs to the Tenant with `tenant_uid`: it names the
+/// Tenant among its owners, or (a retained Namespace, which has no owner)
+/// carries the Tenant's UID annotation.
 pub fn is_owned_by(object: &impl Resource, tenant_uid: &str) -> bool {
     object
         .owner_references()
         .iter()
         .any(|owner| owner.uid == tenant_uid)
+        || object
+            .annotations()
+            .get(TENANT_UID_ANNOTATION)
+            .is_some_and(|uid| uid == tenant_uid)
+}
+
+/// UIDs of the Tenants an object names as owners. Compared exactly, not as
+/// a subset: a Namespace that must lose its ownerReference (the Tenant
+/// switched to `Retain`) is drift even though nothing desired is missing.
+fn tenant_owners(object: &impl Resource) -> BTreeSet<&str> {
+    object
+        .owner_references()
+        .iter()
+        .filter(|owner| owner.kind == "Tenant" && owner.api_version.starts_with("bulkhead.dev/"))
+        .map(|owner| owner.uid.as_str())
+        .collect()
 }
 
 /// Label selector of every child of one tenant.

@@ -29,6 +29,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -36,7 +37,7 @@ use serde_json::json;
 
 use super::apply::{is_owned_by, kind_of, tenant_selector};
 use super::error::{Error, Result};
-use crate::labels::FIELD_MANAGER;
+use crate::labels::{FIELD_MANAGER, TENANT_UID_ANNOTATION};
 
 /// Finalizer that holds a `deletionPolicy: Retain` Tenant until its children
 /// are released from it.
@@ -100,6 +101,48 @@ pub async fn release_children(
         .await?;
     drop_retain_finalizer(client, tenant).await?;
     Ok(released)
+}
+
+/// Gives the tenant namespace back its ownerReference to `tenant`, if it
+/// carries the Tenant's UID annotation but no such reference (the namespace
+/// of a Retain Tenant). Used when a Tenant switched to Delete is deleted
+/// before the operator applied the switch: once the Tenant is gone, the
+/// garbage collector removes the namespace as the policy in force asks.
+pub async fn reclaim_namespace(client: &Client, tenant: &Tenant, namespace: &str) -> Result<()> {
+    let uid = tenant.uid().unwrap_or_default();
+    let Some(owner) = tenant.controller_owner_ref(&()) else {
+        return Ok(());
+    };
+    let api: Api<Namespace> = Api::all(client.clone());
+    let Some(live) = api
+        .get_opt(namespace)
+        .await
+        .map_err(|e| Error::kube(format!("read Namespace {namespace}"), e))?
+    else {
+        return Ok(());
+    };
+    let ours = live
+        .annotations()
+        .get(TENANT_UID_ANNOTATION)
+        .is_some_and(|annotated| *annotated == uid);
+    if !ours || live.owner_references().iter().any(|o| o.uid == uid) {
+        return Ok(());
+    }
+    let mut owners = live.owner_references().to_vec();
+    owners.push(OwnerReference {
+        block_owner_deletion: Some(true),
+        ..owner
+    });
+    let patch = json!({
+        "metadata": {
+            "resourceVersion": live.resource_version(),
+            "ownerReferences": owners,
+        }
+    });
+    api.patch(namespace, &merge_params(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| Error::kube(format!("hand Namespace {namespace} back to its Tenant"), e))?;
+    Ok(())
 }
 
 /// Removes the [`RETAIN_FINALIZER`] from a Tenant being deleted, leaving its

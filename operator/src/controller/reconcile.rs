@@ -29,7 +29,8 @@ use super::apply::{
 };
 use super::backoff::TenantBackoff;
 use super::deletion::{
-    drop_retain_finalizer, has_retain_finalizer, release_children, sync_finalizer,
+    drop_retain_finalizer, has_retain_finalizer, reclaim_namespace, release_children,
+    sync_finalizer,
 };
 use super::error::{Error, Result};
 use super::metrics::{Metrics, Outcome};
@@ -237,6 +238,7 @@ pub async fn reconcile_tenant(tenant: &Tenant, ctx: &Context) -> Result<Done> {
         // force at deletion wins, so the children keep their owner
         // references and the garbage collector removes them.
         if tenant.spec.deletion_policy != DeletionPolicy::Retain {
+            reclaim_namespace(&ctx.client, tenant, &ns_name).await?;
             drop_retain_finalizer(&ctx.client, tenant).await?;
             info!(
                 "Tenant deleted with deletionPolicy Delete; finalizer removed, children left to garbage collection"
