@@ -986,3 +986,34 @@ async fn collect_garbage(client: &Client, deleted_uid: &str) -> usize {
     }
     collected
 }
+
+#[tokio::test]
+async fn a_field_the_spec_no_longer_sets_gets_applied_away() {
+    let mut sandboxed = tenant("acme", "Delete");
+    sandboxed["spec"]["server"] = json!({"runtimeClassName": "gvisor"});
+    let w = world(vec![sandboxed]).await;
+    w.reconcile("acme").await.result.expect("reconcile");
+    let deployments: Api<Deployment> = Api::namespaced(w.client.clone(), "bulkhead-acme");
+    let digest = |d: &Deployment| d.annotations().get("bulkhead.dev/applied-digest").cloned();
+    let before = deployments.get("mcp-server").await.expect("deployment");
+    assert!(
+        digest(&before).is_some(),
+        "applied objects carry their digest"
+    );
+
+    // Removing a field leaves nothing missing from the live object, which
+    // still has it; the changed digest is what makes the operator apply.
+    let change = json!({"spec": {"server": {"runtimeClassName": null}}});
+    Api::<Tenant>::all(w.client.clone())
+        .patch("acme", &PatchParams::default(), &Patch::Merge(&change))
+        .await
+        .expect("edit spec");
+    w.reconcile("acme").await.result.expect("reconcile");
+    let after = deployments.get("mcp-server").await.expect("deployment");
+    assert_ne!(
+        digest(&after),
+        digest(&before),
+        "the Deployment was applied again"
+    );
+    assert_eq!(w.reconcile("acme").await.writes, 0, "and then converges");
+}

@@ -16,6 +16,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use sha2::{Digest, Sha256};
 
 use super::drift::is_semantic_subset;
 use super::error::{Error, Result};
@@ -42,20 +43,30 @@ pub fn kind_of_val<K: Resource<DynamicType = ()>>(_object: &K) -> String {
     kind_of::<K>()
 }
 
-/// Applies `desired` unless `live` already carries every desired field.
+/// Applies `desired` unless `live` already carries every desired field and
+/// was last applied from this very `desired`.
 ///
 /// `live` is the object as read just before (None when absent). A missing
 /// or drifted child is applied as a whole, so a hand edit of any field the
 /// operator sets is reverted while fields it does not set are left alone.
+/// The subset check alone cannot see a field the spec no longer wants (say
+/// a removed `runtimeClassName`): the live object still has it, so nothing
+/// looks missing. So every applied object carries a digest of what was
+/// applied ([`APPLIED_DIGEST_ANNOTATION`]); a different digest means the
+/// desired object changed and is applied, and server-side apply then drops
+/// the fields this field manager no longer sets.
 pub async fn ensure_child<K>(api: &Api<K>, desired: &K, live: Option<K>) -> Result<Ensured<K>>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
 {
     let name = child_name(desired)?;
+    let desired_json = to_json(desired, &name)?;
+    let digest = applied_digest(&desired_json);
     if let Some(live) = live {
-        let desired_json = to_json(desired, &name)?;
         let live_json = to_json(&live, &name)?;
-        if is_semantic_subset(&desired_json, &live_json)
+        let same_digest = live.annotations().get(APPLIED_DIGEST_ANNOTATION) == Some(&digest);
+        if same_digest
+            && is_semantic_subset(&desired_json, &live_json)
             && tenant_owners(desired) == tenant_owners(&live)
         {
             return Ok(Ensured {
@@ -64,15 +75,30 @@ where
             });
         }
     }
+    let mut applied = desired.clone();
+    applied
+        .annotations_mut()
+        .insert(APPLIED_DIGEST_ANNOTATION.to_owned(), digest);
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let object = api
-        .patch(&name, &params, &Patch::Apply(desired))
+        .patch(&name, &params, &Patch::Apply(&applied))
         .await
         .map_err(|e| Error::kube(format!("apply {} {name}", kind_of::<K>()), e))?;
     Ok(Ensured {
         object,
         written: true,
     })
+}
+
+/// Annotation on every applied child: the SHA-256 of the object as the
+/// operator built it, before this annotation was added.
+pub const APPLIED_DIGEST_ANNOTATION: &str = "bulkhead.dev/applied-digest";
+
+fn applied_digest(desired: &serde_json::Value) -> String {
+    // The same built object always serialises to the same bytes (struct
+    // fields in declaration order, maps sorted), so equal objects agree.
+    let bytes = serde_json::to_vec(desired).unwrap_or_default();
+    hex::encode(Sha256::digest(bytes))
 }
 
 /// Reads a child by name; `None` when it does not exist.
