@@ -416,15 +416,21 @@ fn validate_spec(tenant: &Tenant, errors: &mut Errors) {
     }
 }
 
-/// Credential and connector names: the names connectors and tools use.
-fn validate_ref_name(field: &str, name: &str, errors: &mut Errors) {
-    let valid = name.len() <= MAX_REF_NAME_LEN
+/// True for a credential or connector name (the names connectors and tools
+/// use): a lower-case letter first, then lower-case letters, digits, `-` or
+/// `_`, not ending in `-` or `_`, at most [`MAX_REF_NAME_LEN`] characters.
+/// The server checks its configuration with the same rule.
+pub fn is_ref_name(name: &str) -> bool {
+    name.len() <= MAX_REF_NAME_LEN
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        && !name.ends_with(['-', '_']);
-    if !valid {
+        && !name.ends_with(['-', '_'])
+}
+
+fn validate_ref_name(field: &str, name: &str, errors: &mut Errors) {
+    if !is_ref_name(name) {
         errors.add(
             field,
             format!(
@@ -434,7 +440,10 @@ fn validate_ref_name(field: &str, name: &str, errors: &mut Errors) {
     }
 }
 
-fn is_secret_key(key: &str) -> bool {
+/// True for a key of a Secret's data: letters, digits, `-`, `_` and `.`, at
+/// most 253 characters. Caller ids are keys of the API-key Secret, so the
+/// server checks them with this rule too.
+pub fn is_secret_key(key: &str) -> bool {
     !key.is_empty()
         && key.len() <= 253
         && key

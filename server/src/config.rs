@@ -103,9 +103,10 @@ pub fn validate(config: &ServerConfig) -> Result<(), ConfigError> {
         .collect();
     let mut connector_names = HashSet::new();
     for connector in &config.connectors {
-        if !is_valid_connector_name(&connector.name) {
+        // Connector names become tool name prefixes: the Tenant's own rule.
+        if !bulkhead_crds::validation::is_ref_name(&connector.name) {
             return invalid(format!(
-                "connector name {:?} must be 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter",
+                "connector name {:?} must be 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter and not ending in '-' or '_'",
                 connector.name
             ));
         }
@@ -171,15 +172,6 @@ pub fn validate(config: &ServerConfig) -> Result<(), ConfigError> {
         }
     }
     Ok(())
-}
-
-/// Connector names become tool name prefixes, so they stay short and plain.
-fn is_valid_connector_name(name: &str) -> bool {
-    (1..=63).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 #[cfg(test)]

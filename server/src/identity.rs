@@ -52,14 +52,10 @@ impl fmt::Display for CallerId {
     }
 }
 
-/// Whether a caller id is acceptable: the characters a Secret data key may
-/// hold, at most 253 of them.
+/// Whether a caller id is acceptable: caller ids are the data keys of the
+/// API-key Secret, so the rule is the Secret data key rule.
 pub fn is_valid_caller_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 253
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    bulkhead_crds::validation::is_secret_key(id)
 }
 
 /// How a tool call ended, as the handler reports it back to the transport
