@@ -133,16 +133,31 @@ pub async fn reclaim_namespace(client: &Client, tenant: &Tenant, namespace: &str
         block_owner_deletion: Some(true),
         ..owner
     });
+    set_owner_references(&api, &live, &owners)
+        .await
+        .map_err(|e| Error::kube(format!("hand Namespace {namespace} back to its Tenant"), e))
+}
+
+/// Replaces `object`'s owner references. The resourceVersion makes the patch
+/// fail instead of overwriting owner references someone else changed
+/// meanwhile; the retry re-reads.
+async fn set_owner_references<K>(
+    api: &Api<K>,
+    object: &K,
+    owners: &[OwnerReference],
+) -> kube::Result<()>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
     let patch = json!({
         "metadata": {
-            "resourceVersion": live.resource_version(),
-            "ownerReferences": owners,
+            "resourceVersion": object.resource_version(),
+            "ownerReferences": if owners.is_empty() { serde_json::Value::Null } else { json!(owners) },
         }
     });
-    api.patch(namespace, &merge_params(), &Patch::Merge(&patch))
+    api.patch(&object.name_any(), &merge_params(), &Patch::Merge(&patch))
         .await
-        .map_err(|e| Error::kube(format!("hand Namespace {namespace} back to its Tenant"), e))?;
-    Ok(())
+        .map(drop)
 }
 
 /// Removes the [`RETAIN_FINALIZER`] from a Tenant being deleted, leaving its
@@ -206,15 +221,7 @@ where
             .filter(|owner| owner.uid != tenant_uid)
             .cloned()
             .collect();
-        // resourceVersion makes the patch fail instead of overwriting owner
-        // references someone else changed meanwhile; the retry re-reads.
-        let patch = json!({
-            "metadata": {
-                "resourceVersion": object.resource_version(),
-                "ownerReferences": if remaining.is_empty() { serde_json::Value::Null } else { json!(remaining) },
-            }
-        });
-        api.patch(&name, &merge_params(), &Patch::Merge(&patch))
+        set_owner_references(api, object, &remaining)
             .await
             .map_err(|e| Error::kube(format!("release {kind} {name} from its Tenant"), e))?;
         released.push(format!("{kind}/{name}"));
