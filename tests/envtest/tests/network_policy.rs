@@ -1,0 +1,1295 @@
+//! The NetworkPolicy matrix, computed by an independent evaluator.
+//!
+//! NetworkPolicy is enforced by a CNI, and none can run where this suite
+//! runs, so the connectivity that Bulkhead's policies allow is computed by
+//! network-config-analyzer (IBM's `nca`, pinned in `netpol/requirements.txt`,
+//! installed by `netpol/install.sh`) — code that nobody on this project
+//! wrote. It is given two tenants (the minimal and the full example), the
+//! namespaces around them (gateways, a namespace with no rights, kube-dns
+//! and another pod in kube-system) and pods standing in for the servers,
+//! and the test asserts every pair of the matrix it returns: each expected
+//! path with its exact protocols and ports, and every other pair absent.
+//! Egress to addresses (the API server, cloud metadata, the cluster's own
+//! ranges, public upstreams, IPv6) is compared range by range.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, anyhow, bail, ensure};
+use bulkhead_envtest::ControlPlane;
+use bulkhead_envtest::tenants::{RECONCILE_TIMEOUT, example, wait_for};
+use bulkhead_operator::build::desired_objects;
+use bulkhead_operator::labels::TENANT_LABEL;
+use bulkhead_operator::render::parse_tenant;
+use bulkhead_operator::settings::OperatorSettings;
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use kube::api::{ApiResource, DynamicObject, ListParams, TypeMeta};
+use kube::{Api, Client, ResourceExt};
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------------------
+// The world around the two tenants.
+
+/// The namespace whose pods are the MCP gateway: labelled as the minimal
+/// example's selector expects, and named as the full example's expects.
+const GATEWAY_NAMESPACE: &str = "mcp-gateway";
+/// Selected by the full example's `bulkhead.dev/team In (globex-agents)`.
+const AGENTS_NAMESPACE: &str = "globex-agents";
+/// A namespace that anyone allowed to label namespaces labelled
+/// `bulkhead.dev/gateway: "true"`: the minimal example's selector admits it.
+const LOOKALIKE_NAMESPACE: &str = "gateway-lookalike";
+/// A namespace without rights and without any policy of its own: no tenant
+/// may be reached from it, and everything may reach it (the control that
+/// shows the evaluator does not simply deny everything).
+const NO_RIGHTS_NAMESPACE: &str = "no-rights";
+const KUBE_SYSTEM: &str = "kube-system";
+
+/// MCP port of every tenant server (`bulkhead_crds::server_config::MCP_PORT`).
+const MCP_PORT: u16 = 8080;
+/// Ranges closed to tenant upstream traffic unless listed exactly, as the
+/// README documents them for `spec.network.egress.cidrs` (IPv4 part).
+const CLOSED_IPV4_RANGES: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+];
+
+/// What one example Tenant must allow, written from the example file and
+/// the README, not from the operator's code.
+struct TenantExpectation {
+    /// The file in `manifests/examples`.
+    example: &'static str,
+    /// Namespaces whose pods may call the server (TCP, MCP port only).
+    callers: &'static [&'static str],
+    /// Upstream ranges (before the closed ranges are taken out) and their TCP ports.
+    upstream: &'static [&'static str],
+    upstream_ports: &'static [u16],
+}
+
+const TENANTS: &[TenantExpectation] = &[
+    TenantExpectation {
+        example: "minimal.yaml",
+        // `matchLabels: {bulkhead.dev/gateway: "true"}`: a label, so the
+        // lookalike namespace is admitted as well as the gateway.
+        callers: &[GATEWAY_NAMESPACE, LOOKALIKE_NAMESPACE],
+        upstream: &[],
+        upstream_ports: &[],
+    },
+    TenantExpectation {
+        example: "full.yaml",
+        callers: &[GATEWAY_NAMESPACE, AGENTS_NAMESPACE],
+        upstream: &["0.0.0.0/0"],
+        upstream_ports: &[443],
+    },
+];
+
+/// A pod of the world: namespace, name and whether it belongs to a tenant.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct WorldPod {
+    namespace: String,
+    name: String,
+    /// The tenant id, for the servers.
+    tenant: Option<String>,
+    /// Matches the tenants' DNS egress rule (kube-system, `k8s-app=kube-dns`).
+    kube_dns: bool,
+}
+
+impl WorldPod {
+    fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What the expectation depends on: the cluster facts the operator was
+/// given, and which example each tenant id was made from.
+struct Scenario {
+    api_server_cidrs: Vec<String>,
+    api_server_port: u16,
+    cluster_cidrs: Vec<String>,
+    tenants: BTreeMap<String, &'static TenantExpectation>,
+}
+
+impl Scenario {
+    /// `ids` names the tenant made from each of [`TENANTS`], in order.
+    fn new(settings: &OperatorSettings, ids: [&str; 2]) -> Result<Self> {
+        Ok(Self {
+            api_server_cidrs: settings.api_server_cidrs.clone(),
+            api_server_port: u16::try_from(settings.api_server_port)?,
+            cluster_cidrs: settings.cluster_cidrs.clone(),
+            tenants: ids.iter().map(|id| (*id).to_owned()).zip(TENANTS).collect(),
+        })
+    }
+
+    fn tenant(&self, id: &str) -> Result<&'static TenantExpectation> {
+        self.tenants
+            .get(id)
+            .copied()
+            .ok_or_else(|| anyhow!("a server pod of unknown tenant {id:?}"))
+    }
+}
+
+fn namespace(name: &str, labels: &[(&str, &str)]) -> Value {
+    let mut all: BTreeMap<&str, &str> = labels.iter().copied().collect();
+    // Set by the API server on every namespace since Kubernetes 1.22.
+    all.insert("kubernetes.io/metadata.name", name);
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": all}})
+}
+
+fn pod(namespace: &str, name: &str, labels: &Value) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        // Admitted under Pod Security `restricted`, wherever it is created.
+        "spec": {
+            "automountServiceAccountToken": false,
+            "securityContext": {
+                "runAsNonRoot": true,
+                "runAsUser": 65535,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [{
+                "name": "main",
+                "image": "registry.k8s.io/pause:3.10",
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "resources": {"limits": {"cpu": "10m", "memory": "16Mi"}},
+            }],
+        },
+    })
+}
+
+/// Namespaces and pods around the tenants: the same in both variants.
+fn surroundings() -> Vec<Value> {
+    vec![
+        namespace(KUBE_SYSTEM, &[]),
+        pod(KUBE_SYSTEM, "coredns-0", &json!({"k8s-app": "kube-dns"})),
+        pod(
+            KUBE_SYSTEM,
+            "metrics-server-0",
+            &json!({"k8s-app": "metrics-server"}),
+        ),
+        namespace(GATEWAY_NAMESPACE, &[("bulkhead.dev/gateway", "true")]),
+        pod(
+            GATEWAY_NAMESPACE,
+            "gateway-0",
+            &json!({"app.kubernetes.io/name": "mcp-gateway"}),
+        ),
+        namespace(AGENTS_NAMESPACE, &[("bulkhead.dev/team", "globex-agents")]),
+        pod(
+            AGENTS_NAMESPACE,
+            "agent-0",
+            &json!({"app.kubernetes.io/name": "agent"}),
+        ),
+        namespace(LOOKALIKE_NAMESPACE, &[("bulkhead.dev/gateway", "true")]),
+        pod(
+            LOOKALIKE_NAMESPACE,
+            "lookalike-0",
+            &json!({"app.kubernetes.io/name": "lookalike"}),
+        ),
+        namespace(NO_RIGHTS_NAMESPACE, &[]),
+        pod(
+            NO_RIGHTS_NAMESPACE,
+            "client-0",
+            &json!({"app.kubernetes.io/name": "client"}),
+        ),
+    ]
+}
+
+/// Pods standing in for a tenant's server: one per replica, labelled as the
+/// Deployment's pod template, in the Deployment's namespace.
+fn server_pods(deployment: &Value) -> Result<Vec<Value>> {
+    let namespace = deployment["metadata"]["namespace"]
+        .as_str()
+        .context("the Deployment has no namespace")?;
+    let labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    ensure!(
+        labels.is_object(),
+        "the Deployment's pod template has no labels"
+    );
+    let replicas = deployment["spec"]["replicas"].as_u64().unwrap_or(1);
+    Ok((0..replicas)
+        .map(|i| pod(namespace, &format!("mcp-server-{i}"), labels))
+        .collect())
+}
+
+/// The pods of a set of objects, classified for the expectation.
+fn world_pods(objects: &[Value]) -> Result<Vec<WorldPod>> {
+    let mut pods = Vec::new();
+    for object in objects.iter().filter(|o| o["kind"] == "Pod") {
+        let metadata = &object["metadata"];
+        let namespace = metadata["namespace"]
+            .as_str()
+            .context("a Pod without namespace")?;
+        let labels = &metadata["labels"];
+        pods.push(WorldPod {
+            namespace: namespace.to_owned(),
+            name: metadata["name"]
+                .as_str()
+                .context("a Pod without name")?
+                .to_owned(),
+            tenant: labels["bulkhead.dev/tenant"].as_str().map(str::to_owned),
+            kube_dns: namespace == KUBE_SYSTEM && labels["k8s-app"] == "kube-dns",
+        });
+    }
+    pods.sort();
+    Ok(pods)
+}
+
+fn repository_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Namespaces, NetworkPolicies and server pods the operator builds for the
+/// two example Tenants, built by the same code as `bulkhead-operator render`.
+fn rendered_tenants(settings: &OperatorSettings) -> Result<Vec<Value>> {
+    let mut objects = Vec::new();
+    for (expectation, id) in TENANTS.iter().zip(RENDERED_IDS) {
+        let path = repository_root()
+            .join("manifests/examples")
+            .join(expectation.example);
+        let yaml = std::fs::read_to_string(&path).with_context(|| format!("{}", path.display()))?;
+        let tenant = parse_tenant(&yaml)?;
+        ensure!(
+            tenant.metadata.name.as_deref() == Some(id),
+            "{} names another tenant",
+            expectation.example
+        );
+        let built = desired_objects(&tenant, settings)?;
+        let mut namespace = serde_json::to_value(&built.namespace)?;
+        namespace["metadata"]["labels"]["kubernetes.io/metadata.name"] =
+            namespace["metadata"]["name"].clone();
+        objects.push(namespace);
+        objects.push(serde_json::to_value(&built.network_policy)?);
+        objects.extend(server_pods(&serde_json::to_value(&built.deployment)?)?);
+    }
+    Ok(objects)
+}
+
+// ---------------------------------------------------------------------------
+// Connections: protocols and ports, as network-config-analyzer reports them.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    fn parse(name: &str) -> Result<Self> {
+        match name {
+            "TCP" => Ok(Self::Tcp),
+            "UDP" => Ok(Self::Udp),
+            "SCTP" => Ok(Self::Sctp),
+            other => bail!("protocol {other:?} is not one a NetworkPolicy port can name"),
+        }
+    }
+}
+
+/// Inclusive port ranges, sorted and merged.
+type Ports = Vec<(u16, u16)>;
+
+fn merge_ports(mut ports: Ports) -> Ports {
+    ports.sort_unstable();
+    let mut merged: Ports = Vec::new();
+    for (first, last) in ports {
+        match merged.last_mut() {
+            Some(previous) if u32::from(first) <= u32::from(previous.1) + 1 => {
+                previous.1 = previous.1.max(last);
+            }
+            _ => merged.push((first, last)),
+        }
+    }
+    merged
+}
+
+/// The connections allowed from one endpoint to another.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Conn {
+    /// Every protocol and port ("All connections").
+    All,
+    /// These ports of these protocols.
+    Ports(BTreeMap<Protocol, Ports>),
+}
+
+impl Conn {
+    fn ports(protocols: &[Protocol], ports: &[u16]) -> Self {
+        let ranges: Ports = merge_ports(ports.iter().map(|p| (*p, *p)).collect());
+        Self::Ports(protocols.iter().map(|p| (*p, ranges.clone())).collect())
+    }
+
+    fn tcp(port: u16) -> Self {
+        Self::ports(&[Protocol::Tcp], &[port])
+    }
+
+    fn union(&self, other: &Self) -> Self {
+        match (self, other) {
+            (Self::All, _) | (_, Self::All) => Self::All,
+            (Self::Ports(a), Self::Ports(b)) => {
+                let mut all = a.clone();
+                for (protocol, ports) in b {
+                    let entry = all.entry(*protocol).or_default();
+                    entry.extend(ports.iter().copied());
+                    *entry = merge_ports(std::mem::take(entry));
+                }
+                Self::Ports(all)
+            }
+        }
+    }
+
+    fn allows(&self, protocol: Protocol, port: u16) -> bool {
+        match self {
+            Self::All => true,
+            Self::Ports(map) => map
+                .get(&protocol)
+                .is_some_and(|ranges| ranges.iter().any(|(a, b)| (*a..=*b).contains(&port))),
+        }
+    }
+
+    /// Parses the evaluator's text: `All connections`, or one or more cubes
+    /// `{protocols:TCP, UDP,dst_ports:53,1000-2000}` (a cube without
+    /// `dst_ports` covers every port). Any other form (`All but ...`,
+    /// source ports, unnamed protocols) is refused rather than guessed.
+    fn parse(text: &str) -> Result<Self> {
+        if text == "All connections" {
+            return Ok(Self::All);
+        }
+        let mut conn = Self::Ports(BTreeMap::new());
+        let mut rest = text;
+        while !rest.is_empty() {
+            let body = rest
+                .strip_prefix('{')
+                .and_then(|r| r.split_once('}'))
+                .with_context(|| format!("connection {text:?} is not a list of {{...}} cubes"))?;
+            let (cube, after) = body;
+            rest = after.strip_prefix(',').unwrap_or(after);
+            let (protocols, ports) = match cube.split_once(",dst_ports:") {
+                Some((protocols, ports)) => (protocols, Some(ports)),
+                None => (cube, None),
+            };
+            let protocols = protocols
+                .strip_prefix("protocols:")
+                .with_context(|| format!("cube {cube:?} names no protocols"))?
+                .split(", ")
+                .map(Protocol::parse)
+                .collect::<Result<Vec<_>>>()?;
+            let ports: Ports = match ports {
+                None => vec![(1, 65535)],
+                Some(list) => list
+                    .split(',')
+                    .map(|range| {
+                        let (first, last) = range.split_once('-').unwrap_or((range, range));
+                        Ok((first.parse::<u16>()?, last.parse::<u16>()?))
+                    })
+                    .collect::<Result<_>>()
+                    .with_context(|| format!("ports {list:?} in {text:?}"))?,
+            };
+            let cube = Self::Ports(
+                protocols
+                    .iter()
+                    .map(|p| (*p, merge_ports(ports.clone())))
+                    .collect(),
+            );
+            conn = conn.union(&cube);
+        }
+        Ok(conn)
+    }
+}
+
+impl fmt::Display for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::All => f.write_str("all"),
+            Self::Ports(map) => {
+                // Protocols sharing the same ports are written together: "TCP+UDP 53".
+                let mut by_ports: BTreeMap<&Ports, Vec<Protocol>> = BTreeMap::new();
+                for (protocol, ports) in map {
+                    by_ports.entry(ports).or_default().push(*protocol);
+                }
+                let parts: Vec<String> = by_ports
+                    .iter()
+                    .map(|(ports, protocols)| {
+                        let protocols: Vec<String> = protocols
+                            .iter()
+                            .map(|p| format!("{p:?}").to_uppercase())
+                            .collect();
+                        let ports: Vec<String> = ports
+                            .iter()
+                            .map(|(a, b)| {
+                                if a == b {
+                                    a.to_string()
+                                } else {
+                                    format!("{a}-{b}")
+                                }
+                            })
+                            .collect();
+                        format!("{} {}", protocols.join("+"), ports.join(","))
+                    })
+                    .collect();
+                f.write_str(&parts.join("; "))
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Address ranges.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn max(self) -> u128 {
+        match self {
+            Self::V4 => u128::from(u32::MAX),
+            Self::V6 => u128::MAX,
+        }
+    }
+}
+
+/// An inclusive range of addresses of one family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct IpRange {
+    family: Family,
+    first: u128,
+    last: u128,
+}
+
+fn address_value(address: IpAddr) -> (Family, u128) {
+    match address {
+        IpAddr::V4(a) => (Family::V4, u128::from(u32::from(a))),
+        IpAddr::V6(a) => (Family::V6, u128::from(a)),
+    }
+}
+
+fn address_of(family: Family, value: u128) -> IpAddr {
+    match family {
+        Family::V4 => IpAddr::V4(Ipv4Addr::from(u32::try_from(value).unwrap_or(u32::MAX))),
+        Family::V6 => IpAddr::V6(Ipv6Addr::from(value)),
+    }
+}
+
+impl IpRange {
+    fn cidr(text: &str) -> Result<Self> {
+        let (address, prefix) = text
+            .split_once('/')
+            .with_context(|| format!("{text:?} is not a CIDR"))?;
+        let (family, value) = address_value(address.parse()?);
+        let bits: u32 = if family == Family::V4 { 32 } else { 128 };
+        let prefix: u32 = prefix.parse()?;
+        ensure!(prefix <= bits, "{text:?}: prefix too long");
+        let host_mask = if prefix == bits {
+            0
+        } else {
+            family.max() >> prefix
+        };
+        Ok(Self {
+            family,
+            first: value & !host_mask & family.max(),
+            last: value | host_mask,
+        })
+    }
+
+    /// The evaluator's forms: `first-last`, or one address.
+    fn parse(text: &str) -> Result<Self> {
+        let (first, last) = text.split_once('-').unwrap_or((text, text));
+        let (family, first) = address_value(first.parse()?);
+        let (last_family, last) = address_value(last.parse()?);
+        ensure!(
+            family == last_family && first <= last,
+            "{text:?} is not a range"
+        );
+        Ok(Self {
+            family,
+            first,
+            last,
+        })
+    }
+
+    fn contains(&self, address: IpAddr) -> bool {
+        let (family, value) = address_value(address);
+        family == self.family && (self.first..=self.last).contains(&value)
+    }
+
+    /// This range without the given ones.
+    fn minus(self, holes: &[IpRange]) -> Vec<IpRange> {
+        let mut pieces = vec![self];
+        for hole in holes.iter().filter(|h| h.family == self.family) {
+            pieces = pieces
+                .into_iter()
+                .flat_map(|p| {
+                    let mut left = Vec::new();
+                    if hole.last < p.first || hole.first > p.last {
+                        left.push(p);
+                    } else {
+                        if hole.first > p.first {
+                            left.push(IpRange {
+                                last: hole.first - 1,
+                                ..p
+                            });
+                        }
+                        if hole.last < p.last {
+                            left.push(IpRange {
+                                first: hole.last + 1,
+                                ..p
+                            });
+                        }
+                    }
+                    left
+                })
+                .collect();
+        }
+        pieces
+    }
+}
+
+impl fmt::Display for IpRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}-{}",
+            address_of(self.family, self.first),
+            address_of(self.family, self.last)
+        )
+    }
+}
+
+/// Canonical form of "these ranges allow these connections": disjoint
+/// ranges in order, each with the union of the connections of every piece
+/// covering it, neighbours with equal connections merged. Two descriptions
+/// of the same reachability have the same canonical form.
+fn canonical(pieces: &[(IpRange, Conn)]) -> Vec<(IpRange, Conn)> {
+    let mut out: Vec<(IpRange, Conn)> = Vec::new();
+    for family in [Family::V4, Family::V6] {
+        let mine: Vec<&(IpRange, Conn)> =
+            pieces.iter().filter(|(r, _)| r.family == family).collect();
+        let mut cuts: BTreeSet<u128> = BTreeSet::new();
+        for (range, _) in &mine {
+            cuts.insert(range.first);
+            if range.last < family.max() {
+                cuts.insert(range.last + 1);
+            }
+        }
+        let cuts: Vec<u128> = cuts.into_iter().collect();
+        for (i, first) in cuts.iter().enumerate() {
+            let last = cuts.get(i + 1).map_or(family.max(), |next| next - 1);
+            let conn = mine
+                .iter()
+                .filter(|(r, _)| r.first <= *first && *first <= r.last)
+                .fold(None::<Conn>, |acc, (_, c)| {
+                    Some(acc.map_or_else(|| c.clone(), |a| a.union(c)))
+                });
+            let Some(conn) = conn else { continue };
+            match out.last_mut() {
+                Some((previous, previous_conn))
+                    if previous.family == family
+                        && previous.last + 1 == *first
+                        && *previous_conn == conn =>
+                {
+                    previous.last = last;
+                }
+                _ => out.push((
+                    IpRange {
+                        family,
+                        first: *first,
+                        last,
+                    },
+                    conn,
+                )),
+            }
+        }
+    }
+    out
+}
+
+fn describe(ranges: &[(IpRange, Conn)]) -> String {
+    if ranges.is_empty() {
+        return "  (none)".to_owned();
+    }
+    ranges
+        .iter()
+        .map(|(r, c)| format!("  {r} : {c}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+// ---------------------------------------------------------------------------
+// The evaluator.
+
+/// The connectivity map network-config-analyzer computed.
+#[derive(Debug, Default)]
+struct Connectivity {
+    /// `namespace/name` to `namespace/name`; absent pairs have no connection.
+    between_pods: BTreeMap<(String, String), Conn>,
+    /// From a pod to address ranges.
+    egress: BTreeMap<String, Vec<(IpRange, Conn)>>,
+    /// From address ranges to a pod.
+    ingress: BTreeMap<String, Vec<(IpRange, Conn)>>,
+}
+
+enum Peer {
+    Pod(String),
+    Addresses(IpRange),
+}
+
+fn parse_peer(text: &str) -> Result<Peer> {
+    if let Some(pod) = text.strip_suffix("[Pod]") {
+        ensure!(
+            pod.split('/').count() == 2,
+            "peer {text:?} is not namespace/name[Pod]"
+        );
+        return Ok(Peer::Pod(pod.to_owned()));
+    }
+    IpRange::parse(text)
+        .map(Peer::Addresses)
+        .with_context(|| format!("peer {text:?} is neither a pod nor an address range"))
+}
+
+impl Connectivity {
+    /// Parses `nca --connectivity -o txt_no_fw_rules` output: one
+    /// `SOURCE => DESTINATION : CONNECTIONS` line per pair and connection
+    /// set, after a `global: ...` summary line.
+    fn parse(output: &str) -> Result<Self> {
+        let mut map = Self::default();
+        let mut lines = 0;
+        for line in output.lines().map(str::trim).filter(|l| !l.is_empty()) {
+            if line.starts_with("global: cluster has ") || line.starts_with("Total run time:") {
+                continue;
+            }
+            let parsed = (|| -> Result<()> {
+                let (source, rest) = line.split_once(" => ").context("no \" => \"")?;
+                let (destination, conn) = rest.split_once(" : ").context("no \" : \"")?;
+                let conn = Conn::parse(conn)?;
+                match (parse_peer(source)?, parse_peer(destination)?) {
+                    (Peer::Pod(s), Peer::Pod(d)) => {
+                        let entry = map
+                            .between_pods
+                            .entry((s, d))
+                            .or_insert_with(|| conn.clone());
+                        *entry = entry.union(&conn);
+                    }
+                    (Peer::Pod(s), Peer::Addresses(r)) => {
+                        map.egress.entry(s).or_default().push((r, conn))
+                    }
+                    (Peer::Addresses(r), Peer::Pod(d)) => {
+                        map.ingress.entry(d).or_default().push((r, conn))
+                    }
+                    (Peer::Addresses(_), Peer::Addresses(_)) => {
+                        bail!("a connection between two address ranges")
+                    }
+                }
+                Ok(())
+            })();
+            parsed.with_context(|| format!("cannot read the evaluator's line {line:?}"))?;
+            lines += 1;
+        }
+        ensure!(
+            lines > 0,
+            "the evaluator reported no connection at all:\n{output}"
+        );
+        for ranges in map.egress.values_mut().chain(map.ingress.values_mut()) {
+            *ranges = canonical(ranges);
+        }
+        Ok(map)
+    }
+
+    fn between(&self, source: &str, destination: &str) -> Option<&Conn> {
+        self.between_pods
+            .get(&(source.to_owned(), destination.to_owned()))
+    }
+
+    fn egress_of(&self, source: &str) -> &[(IpRange, Conn)] {
+        self.egress.get(source).map_or(&[], Vec::as_slice)
+    }
+
+    fn ingress_of(&self, destination: &str) -> &[(IpRange, Conn)] {
+        self.ingress.get(destination).map_or(&[], Vec::as_slice)
+    }
+
+    fn allows_to_address(
+        &self,
+        source: &str,
+        address: IpAddr,
+        protocol: Protocol,
+        port: u16,
+    ) -> bool {
+        self.egress_of(source)
+            .iter()
+            .any(|(range, conn)| range.contains(address) && conn.allows(protocol, port))
+    }
+}
+
+/// Installs the pinned evaluator (a no-op when cached) and returns its path.
+fn evaluator() -> Result<PathBuf> {
+    let script = repository_root().join("tests/envtest/netpol/install.sh");
+    let output = Command::new("bash")
+        .arg(&script)
+        .output()
+        .context("running netpol/install.sh")?;
+    ensure!(
+        output.status.success(),
+        "{} failed:\n{}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout)?;
+    let path = stdout
+        .lines()
+        .last()
+        .context("netpol/install.sh printed no path")?;
+    Ok(PathBuf::from(path))
+}
+
+/// Runs the evaluator's connectivity query over the objects.
+fn evaluate(objects: &[Value]) -> Result<Connectivity> {
+    let nca = evaluator()?;
+    let dir = tempfile::tempdir()?;
+    let resources = dir.path().join("resources.yaml");
+    let mut yaml = String::new();
+    for object in objects {
+        yaml.push_str("---\n");
+        yaml.push_str(&yaml_serde::to_string(object)?);
+    }
+    std::fs::write(&resources, yaml)?;
+    let output = Command::new(&nca)
+        .current_dir(dir.path())
+        .args(["--connectivity", "--resource_list"])
+        .arg(&resources)
+        .args(["--output_format", "txt_no_fw_rules", "--print_ipv6"])
+        .output()
+        .with_context(|| format!("running {}", nca.display()))?;
+    let stdout = String::from_utf8(output.stdout)?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.success(),
+        "nca exited with {}:\n{stdout}\n{stderr}",
+        output.status
+    );
+    Connectivity::parse(&stdout).with_context(|| format!("nca's diagnostics:\n{stderr}"))
+}
+
+// ---------------------------------------------------------------------------
+// What must hold.
+
+/// The connection one pod must have to another, or `None` for no path.
+fn expected_between(
+    scenario: &Scenario,
+    source: &WorldPod,
+    destination: &WorldPod,
+) -> Result<Option<Conn>> {
+    Ok(match (&source.tenant, &destination.tenant) {
+        // A tenant's server reaches only kube-dns among pods: not the other
+        // tenant, not its own replicas, not the rest of kube-system.
+        (Some(_), _) => destination
+            .kube_dns
+            .then(|| Conn::ports(&[Protocol::Tcp, Protocol::Udp], &[53])),
+        // Only the namespaces the tenant admits, only on the MCP port.
+        (None, Some(tenant)) => scenario
+            .tenant(tenant)?
+            .callers
+            .contains(&source.namespace.as_str())
+            .then(|| Conn::tcp(MCP_PORT)),
+        // No policy applies between the other pods: everything is allowed.
+        (None, None) => Some(Conn::All),
+    })
+}
+
+fn every_address() -> [(IpRange, Conn); 2] {
+    [
+        (
+            IpRange {
+                family: Family::V4,
+                first: 0,
+                last: Family::V4.max(),
+            },
+            Conn::All,
+        ),
+        (
+            IpRange {
+                family: Family::V6,
+                first: 0,
+                last: Family::V6.max(),
+            },
+            Conn::All,
+        ),
+    ]
+}
+
+/// The address ranges a pod must reach, and how.
+fn expected_egress(pod: &WorldPod, facts: &Scenario) -> Result<Vec<(IpRange, Conn)>> {
+    let Some(tenant) = &pod.tenant else {
+        return Ok(canonical(&every_address()));
+    };
+    let expectation = facts.tenant(tenant)?;
+    let mut pieces = Vec::new();
+    for cidr in &facts.api_server_cidrs {
+        pieces.push((IpRange::cidr(cidr)?, Conn::tcp(facts.api_server_port)));
+    }
+    let closed = CLOSED_IPV4_RANGES
+        .iter()
+        .copied()
+        .chain(facts.cluster_cidrs.iter().map(String::as_str))
+        .map(IpRange::cidr)
+        .collect::<Result<Vec<_>>>()?;
+    for cidr in expectation.upstream {
+        for range in IpRange::cidr(cidr)?.minus(&closed) {
+            pieces.push((
+                range,
+                Conn::ports(&[Protocol::Tcp], expectation.upstream_ports),
+            ));
+        }
+    }
+    Ok(canonical(&pieces))
+}
+
+/// The address ranges that must reach a pod: none for a tenant's server.
+fn expected_ingress(pod: &WorldPod) -> Vec<(IpRange, Conn)> {
+    if pod.tenant.is_some() {
+        Vec::new()
+    } else {
+        canonical(&every_address())
+    }
+}
+
+/// A named address, protocol and port, probed for the printed matrix and
+/// asserted one by one (the range comparison already covers them; these
+/// say the rules in words).
+struct Probe {
+    label: String,
+    address: IpAddr,
+    protocol: Protocol,
+    port: u16,
+    /// Whether a tenant's server may reach it; every other pod may.
+    tenant_allowed: fn(&TenantExpectation) -> bool,
+}
+
+fn probes(facts: &Scenario) -> Result<Vec<Probe>> {
+    let probe = |label: &str, address: IpAddr, protocol, port, tenant_allowed| Probe {
+        label: label.to_owned(),
+        address,
+        protocol,
+        port,
+        tenant_allowed,
+    };
+    let never: fn(&TenantExpectation) -> bool = |_| false;
+    let api = IpRange::cidr(
+        facts
+            .api_server_cidrs
+            .first()
+            .context("no API server range")?,
+    )?;
+    let api_port = facts.api_server_port;
+    let mut all = vec![
+        probe(
+            "apiserver",
+            address_of(api.family, api.first),
+            Protocol::Tcp,
+            api_port,
+            |_| true,
+        ),
+        probe(
+            "apiserver:443",
+            address_of(api.family, api.first),
+            Protocol::Tcp,
+            443,
+            never,
+        ),
+        probe(
+            "apiserver+1",
+            address_of(api.family, api.last + 1),
+            Protocol::Tcp,
+            api_port,
+            never,
+        ),
+        probe(
+            "metadata:80",
+            "169.254.169.254".parse()?,
+            Protocol::Tcp,
+            80,
+            never,
+        ),
+        probe(
+            "metadata:443",
+            "169.254.169.254".parse()?,
+            Protocol::Tcp,
+            443,
+            never,
+        ),
+    ];
+    for (i, cidr) in facts.cluster_cidrs.iter().enumerate() {
+        let range = IpRange::cidr(cidr)?;
+        let address = address_of(range.family, range.first + 1);
+        all.push(probe(
+            &format!("cluster{i}:443"),
+            address,
+            Protocol::Tcp,
+            443,
+            never,
+        ));
+    }
+    let public: IpAddr = "8.8.8.8".parse()?;
+    all.extend([
+        probe("public:443", public, Protocol::Tcp, 443, |t| {
+            t.upstream_ports.contains(&443)
+        }),
+        probe("public:80", public, Protocol::Tcp, 80, never),
+        probe("public:53/udp", public, Protocol::Udp, 53, never),
+        probe(
+            "192.168.1.1:443",
+            "192.168.1.1".parse()?,
+            Protocol::Tcp,
+            443,
+            never,
+        ),
+        probe(
+            "v6public:443",
+            "2001:4860:4860::8888".parse()?,
+            Protocol::Tcp,
+            443,
+            never,
+        ),
+    ]);
+    Ok(all)
+}
+
+fn expected_probe(scenario: &Scenario, pod: &WorldPod, probe: &Probe) -> Result<bool> {
+    match &pod.tenant {
+        None => Ok(true),
+        Some(tenant) => Ok((probe.tenant_allowed)(scenario.tenant(tenant)?)),
+    }
+}
+
+/// The matrix as a table: sources down, destinations (pods, then probed
+/// addresses) across.
+fn matrix_table(pods: &[WorldPod], probes: &[Probe], map: &Connectivity) -> String {
+    let mut out = String::from("endpoints:\n");
+    for (i, pod) in pods.iter().enumerate() {
+        out.push_str(&format!("  P{} = {}\n", i + 1, pod.key()));
+    }
+    let width = 11;
+    out.push_str(&format!("{:<6}", "from"));
+    for i in 0..pods.len() {
+        out.push_str(&format!("{:<width$}", format!("P{}", i + 1)));
+    }
+    for probe in probes {
+        out.push_str(&format!("{} ", probe.label));
+    }
+    out.push('\n');
+    for (i, source) in pods.iter().enumerate() {
+        out.push_str(&format!("{:<6}", format!("P{}", i + 1)));
+        for destination in pods {
+            let cell = if source == destination {
+                "(self)".to_owned()
+            } else {
+                map.between(&source.key(), &destination.key())
+                    .map_or("-".to_owned(), |c| c.to_string())
+            };
+            out.push_str(&format!("{cell:<width$}"));
+        }
+        for probe in probes {
+            let allowed =
+                map.allows_to_address(&source.key(), probe.address, probe.protocol, probe.port);
+            out.push_str(&format!(
+                "{:<w$} ",
+                if allowed { "yes" } else { "no" },
+                w = probe.label.len()
+            ));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Asserts the whole matrix; returns every mismatch rather than the first.
+fn check_matrix(objects: &[Value], facts: &Scenario) -> Result<()> {
+    let pods = world_pods(objects)?;
+    let map = evaluate(objects)?;
+    let probes = probes(facts)?;
+    println!("{}", matrix_table(&pods, &probes, &map));
+
+    let mut failures = Vec::new();
+    let known: BTreeSet<String> = pods.iter().map(WorldPod::key).collect();
+    for ((source, destination), conn) in &map.between_pods {
+        if !known.contains(source) || !known.contains(destination) {
+            failures.push(format!(
+                "the evaluator reports an unknown pod: {source} -> {destination}: {conn}"
+            ));
+        }
+    }
+    for source in &pods {
+        for destination in pods.iter().filter(|d| *d != source) {
+            let expected = expected_between(facts, source, destination)?;
+            let actual = map.between(&source.key(), &destination.key());
+            if expected.as_ref() != actual {
+                failures.push(format!(
+                    "{} -> {}: expected {}, the evaluator says {}",
+                    source.key(),
+                    destination.key(),
+                    expected.map_or("no path".to_owned(), |c| c.to_string()),
+                    actual.map_or("no path".to_owned(), ToString::to_string),
+                ));
+            }
+        }
+        let expected = expected_egress(source, facts)?;
+        let actual = map.egress_of(&source.key());
+        if expected != actual {
+            failures.push(format!(
+                "egress of {} to addresses:\nexpected\n{}\nthe evaluator says\n{}",
+                source.key(),
+                describe(&expected),
+                describe(actual)
+            ));
+        }
+        for probe in &probes {
+            let expected = expected_probe(facts, source, probe)?;
+            let actual =
+                map.allows_to_address(&source.key(), probe.address, probe.protocol, probe.port);
+            if expected != actual {
+                failures.push(format!(
+                    "{} -> {} ({} {:?} {}): expected {expected}, the evaluator says {actual}",
+                    source.key(),
+                    probe.label,
+                    probe.address,
+                    probe.protocol,
+                    probe.port
+                ));
+            }
+        }
+        let expected = expected_ingress(source);
+        let actual = map.ingress_of(&source.key());
+        if expected != actual {
+            failures.push(format!(
+                "ingress of {} from addresses:\nexpected\n{}\nthe evaluator says\n{}",
+                source.key(),
+                describe(&expected),
+                describe(actual)
+            ));
+        }
+    }
+    ensure!(
+        failures.is_empty(),
+        "{} mismatches:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+/// The example Tenants' own names.
+const RENDERED_IDS: [&str; 2] = ["acme", "globex"];
+
+/// Cluster settings for the rendered variant: kind's ranges, the API
+/// server as one address (so its neighbours are probed too).
+fn rendered_settings() -> OperatorSettings {
+    OperatorSettings {
+        api_server_cidrs: vec!["172.18.0.2/32".to_owned()],
+        ..OperatorSettings::default()
+    }
+}
+
+#[test]
+fn rendered_policies_allow_exactly_the_expected_matrix() -> Result<()> {
+    let settings = rendered_settings();
+    let mut objects = surroundings();
+    objects.extend(rendered_tenants(&settings)?);
+    check_matrix(&objects, &Scenario::new(&settings, RENDERED_IDS)?)
+}
+
+/// The rendered objects with one NetworkPolicy edited.
+fn rendered_with_edited_policy(tenant: &str, edit: impl Fn(&mut Value)) -> Result<Vec<Value>> {
+    let settings = rendered_settings();
+    let mut objects = surroundings();
+    objects.extend(rendered_tenants(&settings)?);
+    let namespace = format!("{}{tenant}", settings.namespace_prefix);
+    let policy = objects
+        .iter_mut()
+        .find(|o| o["kind"] == "NetworkPolicy" && o["metadata"]["namespace"] == namespace.as_str())
+        .context("no NetworkPolicy for the tenant")?;
+    edit(policy);
+    Ok(objects)
+}
+
+fn mismatches(objects: &[Value]) -> Result<String> {
+    let settings = rendered_settings();
+    match check_matrix(objects, &Scenario::new(&settings, RENDERED_IDS)?) {
+        Ok(()) => bail!("the matrix check accepted a policy it must refuse"),
+        Err(e) => Ok(format!("{e:#}")),
+    }
+}
+
+#[test]
+fn an_upstream_rule_without_the_closed_ranges_is_caught() -> Result<()> {
+    // As if the operator forgot the `except` list of `0.0.0.0/0`.
+    let objects = rendered_with_edited_policy("globex", |policy| {
+        if let Some(rules) = policy["spec"]["egress"].as_array_mut() {
+            for rule in rules {
+                if let Some(peers) = rule["to"].as_array_mut() {
+                    for peer in peers {
+                        if let Some(block) = peer["ipBlock"].as_object_mut() {
+                            block.remove("except");
+                        }
+                    }
+                }
+            }
+        }
+    })?;
+    let report = mismatches(&objects)?;
+    for line in [
+        "bulkhead-globex/mcp-server-0 -> metadata:443 (169.254.169.254 Tcp 443): expected false, the evaluator says true",
+        "bulkhead-globex/mcp-server-1 -> cluster1:443 (10.96.0.1 Tcp 443): expected false, the evaluator says true",
+        "bulkhead-globex/mcp-server-0 -> 192.168.1.1:443",
+        "egress of bulkhead-globex/mcp-server-0 to addresses:",
+    ] {
+        ensure!(report.contains(line), "expected {line:?} in:\n{report}");
+    }
+    ensure!(
+        !report.contains("bulkhead-acme"),
+        "acme was not changed:\n{report}"
+    );
+    Ok(())
+}
+
+#[test]
+fn an_ingress_rule_admitting_every_namespace_is_caught() -> Result<()> {
+    // As if an empty selector had reached the policy.
+    let objects = rendered_with_edited_policy("acme", |policy| {
+        policy["spec"]["ingress"][0]["from"] = json!([{"namespaceSelector": {}}]);
+    })?;
+    let report = mismatches(&objects)?;
+    for line in [
+        "no-rights/client-0 -> bulkhead-acme/mcp-server-0: expected no path, the evaluator says TCP 8080",
+        "globex-agents/agent-0 -> bulkhead-acme/mcp-server-0: expected no path, the evaluator says TCP 8080",
+        "kube-system/metrics-server-0 -> bulkhead-acme/mcp-server-0: expected no path, the evaluator says TCP 8080",
+    ] {
+        ensure!(report.contains(line), "expected {line:?} in:\n{report}");
+    }
+    // The other tenant's egress policy still stops it: both ends must allow.
+    ensure!(
+        !report.contains("bulkhead-globex/mcp-server-0 -> bulkhead-acme"),
+        "globex's egress still denies acme:\n{report}"
+    );
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The same matrix over what the real API server stores.
+
+/// Tenant ids of the stored variant, made from [`TENANTS`] in order.
+const STORED_IDS: [&str; 2] = ["netpol-acme", "netpol-globex"];
+
+/// Every object of `resource` in the given namespaces, exactly as the API
+/// server returns them (all fields kept), with `apiVersion` and `kind`,
+/// which list items lack.
+async fn read_back(
+    client: &Client,
+    resource: &ApiResource,
+    namespaces: &BTreeSet<String>,
+) -> Result<Vec<Value>> {
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), resource);
+    let mut objects = Vec::new();
+    for mut object in api.list(&ListParams::default()).await?.items {
+        let namespace = object.namespace().or_else(|| object.metadata.name.clone());
+        if namespace.is_some_and(|n| namespaces.contains(&n)) {
+            object.types = Some(TypeMeta {
+                api_version: resource.api_version.clone(),
+                kind: resource.kind.clone(),
+            });
+            objects.push(serde_json::to_value(&object)?);
+        }
+    }
+    Ok(objects)
+}
+
+#[tokio::test]
+#[ignore = "needs the envtest control plane: tests/envtest/run.sh"]
+async fn stored_policies_allow_exactly_the_expected_matrix() -> Result<()> {
+    let cp = ControlPlane::shared();
+    cp.install_bulkhead();
+    let admin = cp.admin_client().await?;
+    let settings = cp.operator_settings();
+
+    // The full example runs its server under RuntimeClass `gvisor`; without
+    // the object the RuntimeClass admission plugin refuses its pods.
+    cp.kubectl_apply(&json!({
+        "apiVersion": "node.k8s.io/v1",
+        "kind": "RuntimeClass",
+        "metadata": {"name": "gvisor"},
+        "handler": "runsc",
+    }))?;
+    let surroundings = surroundings();
+    let mut namespaces: BTreeSet<String> = BTreeSet::new();
+    for object in surroundings.iter().filter(|o| o["kind"] == "Namespace") {
+        cp.kubectl_apply(object)?;
+        namespaces.extend(object["metadata"]["name"].as_str().map(str::to_owned));
+    }
+    // The ServiceAccount admission plugin refuses pods until the namespace's
+    // `default` ServiceAccount exists.
+    for namespace in &namespaces {
+        let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
+        wait_for(
+            &format!("ServiceAccount {namespace}/default"),
+            RECONCILE_TIMEOUT,
+            || async { Ok(accounts.get_opt("default").await?) },
+        )
+        .await?;
+    }
+    for object in surroundings.iter().filter(|o| o["kind"] == "Pod") {
+        cp.kubectl_apply(object)?;
+    }
+
+    // The servers' pods are made by the real Deployment and ReplicaSet
+    // controllers from the Deployment the operator stored (they stay
+    // Pending: nothing schedules or runs them, and policy needs neither).
+    for (expectation, id) in TENANTS.iter().zip(STORED_IDS) {
+        cp.kubectl_apply(&example(expectation.example, id)?)?;
+    }
+    for id in STORED_IDS {
+        let tenant = cp.wait_reconciled(&admin, id).await?;
+        let namespace = cp.tenant_namespace(id);
+        namespaces.insert(namespace.clone());
+        let replicas = usize::try_from(tenant.spec.server.replicas.unwrap_or(1))?;
+        let pods: Api<Pod> = Api::namespaced(admin.clone(), &namespace);
+        let selector = format!("{TENANT_LABEL}={id}");
+        wait_for(
+            &format!("{replicas} server pods in {namespace}"),
+            RECONCILE_TIMEOUT,
+            || async {
+                let listed = pods.list(&ListParams::default().labels(&selector)).await?;
+                Ok((listed.items.len() == replicas).then_some(()))
+            },
+        )
+        .await?;
+    }
+
+    let mut objects = Vec::new();
+    for resource in [
+        ApiResource::erase::<Namespace>(&()),
+        ApiResource::erase::<NetworkPolicy>(&()),
+        ApiResource::erase::<Pod>(&()),
+    ] {
+        objects.extend(read_back(&admin, &resource, &namespaces).await?);
+    }
+    let policies = objects
+        .iter()
+        .filter(|o| o["kind"] == "NetworkPolicy")
+        .count();
+    ensure!(
+        policies == 2,
+        "expected the two tenants' NetworkPolicies, read back {policies}"
+    );
+    check_matrix(&objects, &Scenario::new(&settings, STORED_IDS)?)
+}
