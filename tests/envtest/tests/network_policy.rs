@@ -11,6 +11,24 @@
 //! path with its exact protocols and ports, and every other pair absent.
 //! Egress to addresses (the API server, cloud metadata, the cluster's own
 //! ranges, public upstreams, IPv6) is compared range by range.
+//!
+//! `stored_policies_...` creates both Tenants on the real API server; the
+//! operator reconciles them, the real Deployment and ReplicaSet controllers
+//! make the server pods, and the evaluator reads the Namespaces,
+//! NetworkPolicies and Pods as the API server returns them.
+//! `rendered_policies_...` evaluates what `bulkhead-operator render` builds
+//! under kind's settings (the API server at 172.18.0.2, inside a closed
+//! private range), and the `..._is_caught` tests break one policy to show
+//! that the check fails when a hole opens.
+//!
+//! What the evaluator does not model, so only a real CNI can prove: pods
+//! have no addresses in it, so an `ipBlock` never matches a pod (real CNIs
+//! differ; the closed ranges cover kind's pod and Service ranges either
+//! way); Services and their address translation (the API server rule names
+//! endpoint addresses, which the test takes from the settings); host-network
+//! pods and node-local traffic such as kubelet probes; and enforcement itself.
+//! It also refuses `policyTypes: [Egress, Ingress]` (only `[Ingress, Egress]`
+//! in that order), which the operator never writes.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -893,6 +911,11 @@ fn probes(facts: &Scenario) -> Result<Vec<Probe>> {
             .context("no API server range")?,
     )?;
     let api_port = facts.api_server_port;
+    let next_after_api = api
+        .last
+        .checked_add(1)
+        .filter(|next| *next <= api.family.max())
+        .context("the API server range ends at the last address")?;
     let mut all = vec![
         probe(
             "apiserver",
@@ -910,7 +933,7 @@ fn probes(facts: &Scenario) -> Result<Vec<Probe>> {
         ),
         probe(
             "apiserver+1",
-            address_of(api.family, api.last + 1),
+            address_of(api.family, next_after_api),
             Protocol::Tcp,
             api_port,
             never,
@@ -1102,6 +1125,7 @@ fn rendered_settings() -> OperatorSettings {
 }
 
 #[test]
+#[ignore = "installs the NetworkPolicy evaluator from PyPI: tests/envtest/run.sh"]
 fn rendered_policies_allow_exactly_the_expected_matrix() -> Result<()> {
     let settings = rendered_settings();
     let mut objects = surroundings();
@@ -1132,6 +1156,7 @@ fn mismatches(objects: &[Value]) -> Result<String> {
 }
 
 #[test]
+#[ignore = "installs the NetworkPolicy evaluator from PyPI: tests/envtest/run.sh"]
 fn an_upstream_rule_without_the_closed_ranges_is_caught() -> Result<()> {
     // As if the operator forgot the `except` list of `0.0.0.0/0`.
     let objects = rendered_with_edited_policy("globex", |policy| {
@@ -1164,6 +1189,7 @@ fn an_upstream_rule_without_the_closed_ranges_is_caught() -> Result<()> {
 }
 
 #[test]
+#[ignore = "installs the NetworkPolicy evaluator from PyPI: tests/envtest/run.sh"]
 fn an_ingress_rule_admitting_every_namespace_is_caught() -> Result<()> {
     // As if an empty selector had reached the policy.
     let objects = rendered_with_edited_policy("acme", |policy| {
