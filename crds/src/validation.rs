@@ -38,6 +38,7 @@ pub const MAX_ITEMS: &[(&str, usize)] = &[
     ("spec.connectors", 32),
     ("spec.connectors[].allow", 32),
     ("spec.network.ingressFrom", 16),
+    ("spec.network.ingressFrom[].matchExpressions", 16),
     ("spec.network.egress.cidrs", 64),
     ("spec.network.egress.ports", 32),
     ("spec.rateLimits.perTool", 64),
@@ -301,6 +302,12 @@ fn validate_spec(tenant: &Tenant, errors: &mut Errors) {
     }
 
     for (i, selector) in spec.network.ingress_from.iter().enumerate() {
+        check_len(
+            &format!("spec.network.ingressFrom[{i}].matchExpressions"),
+            "spec.network.ingressFrom[].matchExpressions",
+            selector.match_expressions.as_ref().map_or(0, Vec::len),
+            errors,
+        );
         let has_labels = selector
             .match_labels
             .as_ref()

@@ -342,6 +342,17 @@ fn cases() -> Vec<Case> {
             schema: Schema::Cel("alone admit almost every one"),
         },
         Case {
+            name: "unknown selector operator",
+            edit: |t| {
+                t["spec"]["network"]["ingressFrom"][1] = json!({"matchExpressions": [
+                    {"key": "team", "operator": "Matches", "values": ["a"]},
+                    {"key": "team", "operator": "In", "values": ["a"]},
+                ]})
+            },
+            field: "spec.network.ingressFrom[1].matchExpressions[0].operator",
+            schema: Schema::Keyword,
+        },
+        Case {
             name: "port zero",
             edit: |t| t["spec"]["network"]["egress"]["ports"][0] = json!(0),
             field: "spec.network.egress.ports[0]",
@@ -552,8 +563,15 @@ fn lists_longer_than_the_schema_allows_are_refused() {
     tenant["spec"]["connectors"][1]["allow"] = Value::Array(vec![rule; 33]);
     tenant["spec"]["network"]["egress"]["cidrs"] =
         Value::Array((0..65).map(|i| json!(format!("203.0.{i}.0/24"))).collect());
+    let requirement = json!({"key": "team", "operator": "In", "values": ["a"]});
+    tenant["spec"]["network"]["ingressFrom"][1]["matchExpressions"] =
+        Value::Array(vec![requirement; 17]);
     let error = code_validation(&tenant).unwrap_err();
     assert!(error.names_field("spec.connectors[1].allow"), "{error}");
+    assert!(
+        error.names_field("spec.network.ingressFrom[1].matchExpressions"),
+        "{error}"
+    );
     assert!(error.names_field("spec.network.egress.cidrs"), "{error}");
     assert!(error.to_string().contains("at most 64"), "{error}");
 }
