@@ -10,6 +10,9 @@ use kube::CustomResourceExt;
 use kube::core::cel::Validator;
 use serde_json::{Value, json};
 
+mod tenant_cases;
+use tenant_cases::{Schema, cases, valid_cases};
+
 fn example(name: &str) -> Value {
     let path = format!(
         "{}/../manifests/examples/{name}.yaml",
@@ -93,322 +96,6 @@ fn keywords_refuse(node: &Value, value: &Value) -> bool {
     refused_by_number || refused_by_string || refused_by_enum
 }
 
-/// How the schema refuses a case.
-enum Schema {
-    /// A CEL rule fails with a message containing this text.
-    Cel(&'static str),
-    /// A value keyword of the field's schema refuses the value.
-    Keyword,
-    /// The list is a `map` or `set` list, so the API server refuses duplicates.
-    UniqueList(&'static str),
-}
-
-struct Case {
-    name: &'static str,
-    edit: fn(&mut Value),
-    field: &'static str,
-    schema: Schema,
-}
-
-fn cases() -> Vec<Case> {
-    vec![
-        Case {
-            name: "upper-case id",
-            edit: |t| t["metadata"]["name"] = json!("Acme"),
-            field: "metadata.name",
-            schema: Schema::Cel("DNS-1123 label"),
-        },
-        Case {
-            name: "id with a dot",
-            edit: |t| t["metadata"]["name"] = json!("acme.corp"),
-            field: "metadata.name",
-            schema: Schema::Cel("DNS-1123 label"),
-        },
-        Case {
-            name: "id starting with '-'",
-            edit: |t| t["metadata"]["name"] = json!("-acme"),
-            field: "metadata.name",
-            schema: Schema::Cel("DNS-1123 label"),
-        },
-        Case {
-            name: "id too long for the namespace",
-            edit: |t| t["metadata"]["name"] = json!("a".repeat(55)),
-            field: "metadata.name",
-            schema: Schema::Cel("at most 54"),
-        },
-        Case {
-            name: "reserved id system",
-            edit: |t| t["metadata"]["name"] = json!("system"),
-            field: "metadata.name",
-            schema: Schema::Cel("reserved"),
-        },
-        Case {
-            name: "undeclared credential",
-            edit: |t| t["spec"]["connectors"][1]["credential"] = json!("payroll"),
-            field: "spec.connectors[1].credential",
-            schema: Schema::Cel("must be declared"),
-        },
-        Case {
-            name: "credential with no credentials at all",
-            edit: |t| {
-                t["spec"].as_object_mut().unwrap().remove("credentials");
-            },
-            field: "spec.connectors[0].credential",
-            schema: Schema::Cel("must be declared"),
-        },
-        Case {
-            name: "CIDR prefix too long",
-            edit: |t| t["spec"]["network"]["egress"]["cidrs"][0] = json!("10.0.0.0/33"),
-            field: "spec.network.egress.cidrs[0]",
-            schema: Schema::Cel("canonical CIDR"),
-        },
-        Case {
-            name: "CIDR with host bits",
-            edit: |t| t["spec"]["network"]["egress"]["cidrs"][0] = json!("203.0.113.7/24"),
-            field: "spec.network.egress.cidrs[0]",
-            schema: Schema::Cel("canonical CIDR"),
-        },
-        Case {
-            name: "host name instead of a CIDR",
-            edit: |t| t["spec"]["network"]["egress"]["cidrs"][0] = json!("example.com/32"),
-            field: "spec.network.egress.cidrs[0]",
-            schema: Schema::Cel("canonical CIDR"),
-        },
-        Case {
-            name: "address without a prefix",
-            edit: |t| t["spec"]["network"]["egress"]["cidrs"][0] = json!("203.0.113.7"),
-            field: "spec.network.egress.cidrs[0]",
-            schema: Schema::Cel("canonical CIDR"),
-        },
-        Case {
-            name: "duplicate connector",
-            edit: |t| t["spec"]["connectors"][1]["name"] = json!("github"),
-            field: "spec.connectors[1].name",
-            schema: Schema::UniqueList("spec.connectors"),
-        },
-        Case {
-            name: "duplicate credential",
-            edit: |t| t["spec"]["credentials"][1]["name"] = json!("github"),
-            field: "spec.credentials[1].name",
-            schema: Schema::UniqueList("spec.credentials"),
-        },
-        Case {
-            name: "duplicate egress port",
-            edit: |t| t["spec"]["network"]["egress"]["ports"] = json!([443, 443]),
-            field: "spec.network.egress.ports[1]",
-            schema: Schema::UniqueList("spec.network.egress.ports"),
-        },
-        Case {
-            name: "duplicate tool rate limit",
-            edit: |t| {
-                let first = t["spec"]["rateLimits"]["perTool"][0].clone();
-                t["spec"]["rateLimits"]["perTool"]
-                    .as_array_mut()
-                    .unwrap()
-                    .push(first);
-            },
-            field: "spec.rateLimits.perTool[1].tool",
-            schema: Schema::UniqueList("spec.rateLimits.perTool"),
-        },
-        Case {
-            name: "negative replicas",
-            edit: |t| t["spec"]["server"]["replicas"] = json!(-1),
-            field: "spec.server.replicas",
-            schema: Schema::Keyword,
-        },
-        Case {
-            name: "too many replicas",
-            edit: |t| t["spec"]["server"]["replicas"] = json!(51),
-            field: "spec.server.replicas",
-            schema: Schema::Keyword,
-        },
-        Case {
-            name: "image with a space",
-            edit: |t| t["spec"]["server"]["image"] = json!("registry.example.com/server latest"),
-            field: "spec.server.image",
-            schema: Schema::Keyword,
-        },
-        Case {
-            name: "invalid runtime class",
-            edit: |t| t["spec"]["server"]["runtimeClassName"] = json!("Kata_QEMU"),
-            field: "spec.server.runtimeClassName",
-            schema: Schema::Keyword,
-        },
-        Case {
-            name: "upper-case credential name",
-            edit: |t| {
-                t["spec"]["credentials"][0]["name"] = json!("GitHub");
-                t["spec"]["connectors"][0]["credential"] = json!("GitHub");
-            },
-            field: "spec.credentials[0].name",
-            schema: Schema::Keyword,
-        },
-        Case {
-            name: "credential key with a space",
-            edit: |t| t["spec"]["credentials"][0]["key"] = json!("github token"),
-            field: "spec.credentials[0].key",
-            schema: Schema::Keyword,
-        },
-        Case {
-            name: "connector name with a slash",
-            edit: |t| t["spec"]["connectors"][0]["name"] = json!("git/hub"),
-            field: "spec.connectors[0].name",
-            schema: Schema::Keyword,
-        },
-        Case {
-            name: "base URL that is not http(s)",
-            edit: |t| t["spec"]["connectors"][0]["baseUrl"] = json!("ftp://api.github.com"),
-            field: "spec.connectors[0].baseUrl",
-            schema: Schema::Keyword,
-        },
-        Case {
-            name: "base URL with user information",
-            edit: |t| {
-                t["spec"]["connectors"][0]["baseUrl"] = json!("https://user:secret@api.github.com")
-            },
-            field: "spec.connectors[0].baseUrl",
-            schema: Schema::Keyword,
-        },
-        Case {
-            name: "http connector without allow-list",
-            edit: |t| {
-                t["spec"]["connectors"][1]
-                    .as_object_mut()
-                    .unwrap()
-                    .remove("allow");
-            },
-            field: "spec.connectors[1].allow",
-            schema: Schema::Cel("at least one allowed"),
-        },
-        Case {
-            name: "github connector with allow-list",
-            edit: |t| {
-                t["spec"]["connectors"][0]["allow"] = json!([{"method": "GET", "path": "/user"}])
-            },
-            field: "spec.connectors[0].allow",
-            schema: Schema::Cel("only http connectors"),
-        },
-        Case {
-            name: "unknown HTTP method",
-            edit: |t| t["spec"]["connectors"][1]["allow"][0]["method"] = json!("TRACE"),
-            field: "spec.connectors[1].allow[0].method",
-            schema: Schema::Keyword,
-        },
-        Case {
-            name: "relative path",
-            edit: |t| t["spec"]["connectors"][1]["allow"][0]["path"] = json!("v1/invoices"),
-            field: "spec.connectors[1].allow[0].path",
-            schema: Schema::Keyword,
-        },
-        Case {
-            name: "'**' before the end",
-            edit: |t| t["spec"]["connectors"][1]["allow"][0]["path"] = json!("/v1/**/invoices"),
-            field: "spec.connectors[1].allow[0].path",
-            schema: Schema::Keyword,
-        },
-        Case {
-            name: "partial '*' segment",
-            edit: |t| t["spec"]["connectors"][1]["allow"][0]["path"] = json!("/v1/inv*"),
-            field: "spec.connectors[1].allow[0].path",
-            schema: Schema::Keyword,
-        },
-        Case {
-            name: "dot-dot segment",
-            edit: |t| t["spec"]["connectors"][1]["allow"][0]["path"] = json!("/v1/../admin"),
-            field: "spec.connectors[1].allow[0].path",
-            schema: Schema::Cel("'..'"),
-        },
-        Case {
-            name: "empty namespace selector",
-            edit: |t| t["spec"]["network"]["ingressFrom"][1] = json!({}),
-            field: "spec.network.ingressFrom[1]",
-            schema: Schema::Cel("admit every namespace"),
-        },
-        Case {
-            name: "selector with empty matchLabels",
-            edit: |t| t["spec"]["network"]["ingressFrom"][0] = json!({"matchLabels": {}}),
-            field: "spec.network.ingressFrom[0]",
-            schema: Schema::Cel("admit every namespace"),
-        },
-        Case {
-            name: "selector of only NotIn and Exists",
-            edit: |t| {
-                t["spec"]["network"]["ingressFrom"][1] = json!({"matchExpressions": [
-                    {"key": "team", "operator": "NotIn", "values": ["blocked"]},
-                    {"key": "kubernetes.io/metadata.name", "operator": "Exists"},
-                ]})
-            },
-            field: "spec.network.ingressFrom[1]",
-            schema: Schema::Cel("alone admit almost every one"),
-        },
-        Case {
-            name: "unknown selector operator",
-            edit: |t| {
-                t["spec"]["network"]["ingressFrom"][1] = json!({"matchExpressions": [
-                    {"key": "team", "operator": "Matches", "values": ["a"]},
-                    {"key": "team", "operator": "In", "values": ["a"]},
-                ]})
-            },
-            field: "spec.network.ingressFrom[1].matchExpressions[0].operator",
-            schema: Schema::Keyword,
-        },
-        Case {
-            name: "port zero",
-            edit: |t| t["spec"]["network"]["egress"]["ports"][0] = json!(0),
-            field: "spec.network.egress.ports[0]",
-            schema: Schema::Keyword,
-        },
-        Case {
-            name: "port above 65535",
-            edit: |t| t["spec"]["network"]["egress"]["ports"][0] = json!(70000),
-            field: "spec.network.egress.ports[0]",
-            schema: Schema::Keyword,
-        },
-        Case {
-            name: "negative cpu quota",
-            edit: |t| t["spec"]["quota"]["cpu"] = json!("-1"),
-            field: "spec.quota.cpu",
-            schema: Schema::Cel("positive quantity"),
-        },
-        Case {
-            name: "memory quota that is no quantity",
-            edit: |t| t["spec"]["quota"]["memory"] = json!("lots"),
-            field: "spec.quota.memory",
-            schema: Schema::Cel("positive quantity"),
-        },
-        Case {
-            name: "negative pod quota",
-            edit: |t| t["spec"]["quota"]["pods"] = json!(-1),
-            field: "spec.quota.pods",
-            schema: Schema::Keyword,
-        },
-        Case {
-            name: "zero requests per minute",
-            edit: |t| t["spec"]["rateLimits"]["perCaller"]["requestsPerMinute"] = json!(0),
-            field: "spec.rateLimits.perCaller.requestsPerMinute",
-            schema: Schema::Keyword,
-        },
-        Case {
-            name: "zero burst",
-            edit: |t| t["spec"]["rateLimits"]["perTool"][0]["burst"] = json!(0),
-            field: "spec.rateLimits.perTool[0].burst",
-            schema: Schema::Keyword,
-        },
-        Case {
-            name: "display name with a control character",
-            edit: |t| t["spec"]["displayName"] = json!("Acme\u{1b}[2J Corp"),
-            field: "spec.displayName",
-            schema: Schema::Keyword,
-        },
-        Case {
-            name: "display name too long",
-            edit: |t| t["spec"]["displayName"] = json!("x".repeat(257)),
-            field: "spec.displayName",
-            schema: Schema::Keyword,
-        },
-    ]
-}
-
 #[test]
 fn the_examples_pass_code_and_cel_validation() {
     for name in ["minimal", "full"] {
@@ -483,15 +170,12 @@ fn each_invalid_tenant_is_refused_by_the_schema() {
 
 #[test]
 fn the_cel_rules_accept_what_the_code_accepts() {
-    let mut tenant = example("full");
-    tenant["spec"]["network"]["egress"]["cidrs"] =
-        json!(["203.0.113.0/24", "2001:db8::/32", "10.20.0.0/16"]);
-    tenant["spec"]["quota"]["cpu"] = json!(3);
-    tenant["spec"]["quota"]["memory"] = json!("1536Mi");
-    tenant["spec"]["connectors"][1]["allow"][0]["path"] = json!("/v1/invoices.json");
-    tenant["metadata"]["name"] = json!("a".repeat(54));
-    assert_eq!(code_validation(&tenant), Ok(()));
-    assert_eq!(cel_validation(&tenant), Ok(()));
+    for case in valid_cases() {
+        let mut tenant = example("full");
+        (case.edit)(&mut tenant);
+        assert_eq!(code_validation(&tenant), Ok(()), "{}", case.name);
+        assert_eq!(cel_validation(&tenant), Ok(()), "{}", case.name);
+    }
 }
 
 #[test]
@@ -603,13 +287,11 @@ fn namespace_selector_requirements_are_checked_in_code() {
 fn quantities_are_judged_alike_by_code_and_cel() {
     use bulkhead_crds::validation::is_positive_quantity;
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-    let accepted = [
-        "2", "500m", "4Gi", "0.5", "1.5Gi", "1e3", "2E6", "1k", "100M",
-    ];
-    let refused = [
-        "-1", "0", "0m", "0.0", "abc", "1Xi", "Gi", "", "1e", "1.2.3", "+-1",
-    ];
-    for (inputs, valid) in [(&accepted[..], true), (&refused[..], false)] {
+    use tenant_cases::{NOT_POSITIVE_QUANTITIES, POSITIVE_QUANTITIES};
+    for (inputs, valid) in [
+        (POSITIVE_QUANTITIES, true),
+        (NOT_POSITIVE_QUANTITIES, false),
+    ] {
         for input in inputs {
             assert_eq!(
                 is_positive_quantity(&Quantity((*input).to_owned())),
