@@ -664,17 +664,20 @@ enum Peer {
     Addresses(IpRange),
 }
 
+/// A peer as `--output_endpoints pods` writes it: `namespace/name` (or
+/// `namespace/name[Pod]`), an address range `first-last`, or one address.
+/// Workloads (`[ReplicaSet]`, `[Deployment]`) are refused: they would hide
+/// the connections between replicas.
 fn parse_peer(text: &str) -> Result<Peer> {
-    if let Some(pod) = text.strip_suffix("[Pod]") {
-        ensure!(
-            pod.split('/').count() == 2,
-            "peer {text:?} is not namespace/name[Pod]"
-        );
-        return Ok(Peer::Pod(pod.to_owned()));
+    if let Ok(range) = IpRange::parse(text) {
+        return Ok(Peer::Addresses(range));
     }
-    IpRange::parse(text)
-        .map(Peer::Addresses)
-        .with_context(|| format!("peer {text:?} is neither a pod nor an address range"))
+    let pod = text.strip_suffix("[Pod]").unwrap_or(text);
+    ensure!(
+        !pod.contains('[') && pod.split('/').count() == 2,
+        "peer {text:?} is neither namespace/name of a pod nor an address range"
+    );
+    Ok(Peer::Pod(pod.to_owned()))
 }
 
 impl Connectivity {
@@ -787,7 +790,15 @@ fn evaluate(objects: &[Value]) -> Result<Connectivity> {
         .current_dir(dir.path())
         .args(["--connectivity", "--resource_list"])
         .arg(&resources)
-        .args(["--output_format", "txt_no_fw_rules", "--print_ipv6"])
+        // Pods one by one: by default replicas are merged into their owner,
+        // and the connections between them are then left out.
+        .args([
+            "--output_format",
+            "txt_no_fw_rules",
+            "--output_endpoints",
+            "pods",
+        ])
+        .arg("--print_ipv6")
         .output()
         .with_context(|| format!("running {}", nca.display()))?;
     let stdout = String::from_utf8(output.stdout)?;
@@ -1290,7 +1301,7 @@ async fn stored_policies_allow_exactly_the_expected_matrix() -> Result<()> {
         let replicas = usize::try_from(tenant.spec.server.replicas.unwrap_or(1))?;
         let pods: Api<Pod> = Api::namespaced(admin.clone(), &namespace);
         let selector = format!("{TENANT_LABEL}={id}");
-        wait_for(
+        let made = wait_for(
             &format!("{replicas} server pods in {namespace}"),
             RECONCILE_TIMEOUT,
             || async {
@@ -1298,7 +1309,29 @@ async fn stored_policies_allow_exactly_the_expected_matrix() -> Result<()> {
                 Ok((listed.items.len() == replicas).then_some(()))
             },
         )
-        .await?;
+        .await;
+        if let Err(error) = made {
+            let state = cp.kubectl_ok(&[
+                "get",
+                "deployments,replicasets,pods,events",
+                "-n",
+                &namespace,
+                "-o",
+                "wide",
+            ])?;
+            let deployments = cp.kubectl_ok(&[
+                "get",
+                "deployments",
+                "-n",
+                &namespace,
+                "-o",
+                "jsonpath={.items[*].status}",
+            ])?;
+            let status = cp.kubectl_ok(&["get", "tenant", id, "-o", "jsonpath={.status}"])?;
+            bail!(
+                "{error:#}\nin {namespace}:\n{state}\nDeployment status: {deployments}\nTenant status: {status}"
+            );
+        }
     }
 
     let mut objects = Vec::new();
