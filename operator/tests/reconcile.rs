@@ -372,6 +372,30 @@ async fn a_namespace_owned_by_another_tenant_uid_is_not_adopted() {
 }
 
 #[tokio::test]
+async fn an_owner_reference_of_another_kind_carrying_the_tenant_uid_is_not_ownership() {
+    let mut acme = tenant("acme", "Delete");
+    acme["metadata"]["uid"] = json!("uid-of-acme");
+    let decoy = json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "bulkhead-acme", "ownerReferences": [{"apiVersion": "v1",
+            "kind": "ConfigMap", "name": "decoy", "uid": "uid-of-acme"}]}});
+    let w = world(vec![acme, decoy]).await;
+    assert_eq!(
+        w.tenant("acme").await.uid().as_deref(),
+        Some("uid-of-acme")
+    );
+    w.reconcile("acme").await.result.expect("reconcile");
+    assert_eq!(
+        condition(&w.tenant("acme").await, "NamespaceReady").reason,
+        "NamespaceConflict"
+    );
+    assert!(
+        list_in::<Deployment>(&w.client, "bulkhead-acme")
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test]
 async fn prune_deletes_stale_bulkhead_children_and_never_anything_else() {
     let w = world(vec![tenant("acme", "Delete")]).await;
     w.reconcile("acme").await.result.expect("reconcile");

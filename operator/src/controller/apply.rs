@@ -123,11 +123,13 @@ where
 /// Whether `object` belongs to the Tenant with `tenant_uid`: it names the
 /// Tenant among its owners, or (a retained Namespace, which has no owner)
 /// carries the Tenant's UID annotation.
+///
+/// The owner reference must be one to a `bulkhead.dev` Tenant: a reference
+/// of another kind that merely carries the Tenant's UID proves nothing, and
+/// only references to Tenants are reserved to the operator on Namespaces
+/// (`manifests/operator/namespace-ownership-guard.yaml`).
 pub fn is_owned_by(object: &impl Resource, tenant_uid: &str) -> bool {
-    object
-        .owner_references()
-        .iter()
-        .any(|owner| owner.uid == tenant_uid)
+    tenant_owners(object).contains(tenant_uid)
         || object
             .annotations()
             .get(TENANT_UID_ANNOTATION)
