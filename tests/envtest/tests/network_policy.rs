@@ -1064,6 +1064,11 @@ fn check_matrix(objects: &[Value], facts: &Scenario) -> Result<()> {
             ));
         }
     }
+    for pod in map.egress.keys().chain(map.ingress.keys()) {
+        if !known.contains(pod) {
+            failures.push(format!("the evaluator reports an unknown pod: {pod}"));
+        }
+    }
     for source in &pods {
         for destination in pods.iter().filter(|d| *d != source) {
             let expected = expected_between(facts, source, destination)?;
@@ -1119,6 +1124,12 @@ fn check_matrix(objects: &[Value], facts: &Scenario) -> Result<()> {
         "{} mismatches:\n{}",
         failures.len(),
         failures.join("\n")
+    );
+    println!(
+        "checked {} pod pairs, {} pods' egress to and ingress from addresses, {} probes",
+        pods.len() * (pods.len() - 1),
+        pods.len(),
+        pods.len() * probes.len()
     );
     Ok(())
 }
