@@ -379,10 +379,7 @@ async fn an_owner_reference_of_another_kind_carrying_the_tenant_uid_is_not_owner
         "metadata": {"name": "bulkhead-acme", "ownerReferences": [{"apiVersion": "v1",
             "kind": "ConfigMap", "name": "decoy", "uid": "uid-of-acme"}]}});
     let w = world(vec![acme, decoy]).await;
-    assert_eq!(
-        w.tenant("acme").await.uid().as_deref(),
-        Some("uid-of-acme")
-    );
+    assert_eq!(w.tenant("acme").await.uid().as_deref(), Some("uid-of-acme"));
     w.reconcile("acme").await.result.expect("reconcile");
     assert_eq!(
         condition(&w.tenant("acme").await, "NamespaceReady").reason,
