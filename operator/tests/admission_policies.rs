@@ -53,16 +53,19 @@ fn policy(file: &str) -> Policy {
 /// The API server leaves the keys of maps such as `metadata.labels` as they
 /// are, but kube-cel, which has no schema here, escapes every object key the
 /// way the API server escapes declared field names (`.` -> `__dot__`, ...).
-/// So label keys in the expressions are escaped the same way for the local
-/// evaluation; the manifests keep the API server's spelling.
+/// So label and annotation keys in the expressions are escaped the same way
+/// for the local evaluation; the manifests keep the API server's spelling.
 fn as_kube_cel_sees_labels(expression: &str) -> String {
-    let label = "app.kubernetes.io/managed-by";
-    let escaped = label
-        .replace('_', "__")
-        .replace('.', "__dot__")
-        .replace('-', "__dash__")
-        .replace('/', "__slash__");
-    expression.replace(&format!("'{label}'"), &format!("'{escaped}'"))
+    ["app.kubernetes.io/managed-by", "bulkhead.dev/tenant-uid"]
+        .into_iter()
+        .fold(expression.to_owned(), |expression, key| {
+            let escaped = key
+                .replace('_', "__")
+                .replace('.', "__dot__")
+                .replace('-', "__dash__")
+                .replace('/', "__slash__");
+            expression.replace(&format!("'{key}'"), &format!("'{escaped}'"))
+        })
 }
 
 /// One admission request as the API server would present it.
@@ -341,4 +344,96 @@ fn the_secret_reader_role_binds_only_the_namespaces_own_server() {
         &guard,
         &Request::new("CREATE", &other_role, Some(&namespace))
     ));
+}
+
+#[test]
+fn only_the_operator_may_mark_a_namespace_as_bulkheads() {
+    let guard = policy("namespace-ownership-guard.yaml");
+    // A stored Tenant has a UID, so its namespace carries every mark.
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples/minimal.yaml");
+    let mut tenant = parse_tenant(&std::fs::read_to_string(path).unwrap()).unwrap();
+    tenant.metadata.uid = Some("0b5e3d5c-uid-of-acme".to_owned());
+    let namespace = desired_objects(&tenant, &OperatorSettings::default())
+        .unwrap()
+        .namespace;
+    let built = json_of(&namespace, "Namespace", "v1");
+    let name = built["metadata"]["name"].as_str().unwrap().to_owned();
+    let plain = foreign_namespace(&name);
+    let admin = "kubernetes-admin";
+
+    // The operator creates and updates its namespaces; others create plain ones.
+    assert!(admits(&guard, &Request::new("CREATE", &built, None)));
+    assert!(admits(
+        &guard,
+        &Request::new("UPDATE", &built, None).replacing(built.clone())
+    ));
+    assert!(admits(
+        &guard,
+        &Request::new("CREATE", &plain, None).by(admin)
+    ));
+
+    // Each mark alone, copied by someone else, is refused on create and
+    // when added to an existing namespace.
+    let mut uid_annotation = plain.clone();
+    uid_annotation["metadata"]["annotations"] = built["metadata"]["annotations"].clone();
+    let mut managed_label = plain.clone();
+    managed_label["metadata"]["labels"]["app.kubernetes.io/managed-by"] = json!("bulkhead");
+    let mut tenant_owner = plain.clone();
+    tenant_owner["metadata"]["ownerReferences"] = built["metadata"]["ownerReferences"].clone();
+    assert!(tenant_owner["metadata"]["ownerReferences"][0]["kind"] == "Tenant");
+    for (mark, marked) in [
+        ("the tenant-uid annotation", &uid_annotation),
+        ("the managed-by label", &managed_label),
+        ("a Tenant owner reference", &tenant_owner),
+        ("all marks", &built),
+    ] {
+        assert!(
+            !admits(&guard, &Request::new("CREATE", marked, None).by(admin)),
+            "creating a namespace with {mark} was admitted"
+        );
+        assert!(
+            !admits(
+                &guard,
+                &Request::new("UPDATE", marked, None)
+                    .by(admin)
+                    .replacing(plain.clone())
+            ),
+            "adding {mark} was admitted"
+        );
+    }
+
+    // Re-pointing the annotation (say, of a retained namespace) is refused.
+    let mut repointed = built.clone();
+    repointed["metadata"]["annotations"]["bulkhead.dev/tenant-uid"] = json!("uid-of-a-new-tenant");
+    assert!(!admits(
+        &guard,
+        &Request::new("UPDATE", &repointed, None)
+            .by(admin)
+            .replacing(built.clone())
+    ));
+
+    // Other edits of a Bulkhead namespace, and removing marks (the garbage
+    // collector drops owner references of deleted owners), are admitted.
+    let mut relabelled = built.clone();
+    relabelled["metadata"]["labels"]["team"] = json!("payments");
+    let mut orphaned = built.clone();
+    orphaned["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("ownerReferences");
+    for (edit, changed) in [
+        ("another label", &relabelled),
+        ("removed owner references", &orphaned),
+        ("all marks removed", &plain),
+    ] {
+        assert!(
+            admits(
+                &guard,
+                &Request::new("UPDATE", changed, None)
+                    .by(admin)
+                    .replacing(built.clone())
+            ),
+            "{edit} was refused"
+        );
+    }
 }
