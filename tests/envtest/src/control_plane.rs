@@ -28,6 +28,7 @@ use serde_json::json;
 use crate::audit::{AUDIT_POLICY, AuditLog};
 use crate::binaries::Binaries;
 use crate::install::Installation;
+use crate::nodes::{FakeNode, NODE_NAME_PREFIX, PodRuntime};
 use crate::pki::Pki;
 use crate::process::{ManagedProcess, Supervisor};
 
@@ -76,11 +77,17 @@ pub const ADMISSION_PLUGINS: &[&str] = &[
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What to start. The default is etcd, kube-apiserver and
-/// kube-controller-manager with [`DEFAULT_CONTROLLERS`].
-#[derive(Clone, Debug)]
+/// kube-controller-manager with [`DEFAULT_CONTROLLERS`], and no pod ever
+/// runs; [`Options::with_pods`] adds kube-scheduler and kwok.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Options {
     /// kube-controller-manager's `--controllers`.
     pub controllers: Vec<String>,
+    /// Run kube-scheduler (admin kubeconfig), which binds pods to nodes.
+    pub scheduler: bool,
+    /// Run kwok and register this many fake nodes (`kwok-node-<i>`,
+    /// untainted); 0 runs no kwok. See [`crate::nodes`].
+    pub kwok_nodes: usize,
 }
 
 impl Default for Options {
@@ -90,7 +97,27 @@ impl Default for Options {
                 .iter()
                 .map(|c| (*c).to_owned())
                 .collect(),
+            scheduler: false,
+            kwok_nodes: 0,
         }
+    }
+}
+
+impl Options {
+    /// The default control plane plus kube-scheduler, kwok with `nodes`
+    /// fake nodes, and the node lifecycle controller (it lifts the
+    /// `not-ready` taint new nodes get): pods get scheduled, Running and
+    /// Ready.
+    pub fn with_pods(nodes: usize) -> Self {
+        let mut options = Self {
+            scheduler: true,
+            kwok_nodes: nodes.max(1),
+            ..Self::default()
+        };
+        options
+            .controllers
+            .push("node-lifecycle-controller".to_owned());
+        options
     }
 }
 
@@ -109,6 +136,8 @@ pub struct ControlPlane {
     etcd: ManagedProcess,
     apiserver: ManagedProcess,
     controller_manager: ManagedProcess,
+    pods: PodRuntime,
+    options: Options,
     installation: OnceLock<std::result::Result<Installation, String>>,
 }
 
@@ -125,15 +154,26 @@ impl ControlPlane {
     /// [`admin_client`](Self::admin_client) and friends: a client is bound
     /// to the runtime that created it.
     pub fn shared() -> &'static Self {
-        match SHARED.get_or_init(|| Self::start(&Options::default()).map_err(|e| format!("{e:#}")))
-        {
-            Ok(control_plane) => control_plane,
+        Self::shared_with(&Options::default())
+    }
+
+    /// Like [`shared`](Self::shared), started with `options`. Every test of
+    /// a binary must ask for the same options: panics if the shared control
+    /// plane was already started with other ones.
+    pub fn shared_with(options: &Options) -> &'static Self {
+        match SHARED.get_or_init(|| Self::start(options).map_err(|e| format!("{e:#}"))) {
+            Ok(control_plane) if control_plane.options == *options => control_plane,
+            Ok(control_plane) => panic!(
+                "the shared control plane runs with {:?}, not {options:?}",
+                control_plane.options
+            ),
             Err(error) => panic!("the envtest control plane did not start: {error}"),
         }
     }
 
     /// Starts a control plane of its own (most tests use [`shared`](Self::shared)).
     pub fn start(options: &Options) -> Result<Self> {
+        install_crypto_provider();
         let started = Instant::now();
         let binaries = Binaries::from_env()?;
         let tmpfs = Path::new("/dev/shm");
@@ -299,6 +339,13 @@ impl ControlPlane {
             &logs.join("kube-controller-manager.log"),
         )?;
         block_on(starting.wait_controllers(&controller_manager))??;
+        let pods = crate::nodes::start(
+            &supervisor,
+            &binaries,
+            &admin_kubeconfig,
+            options.scheduler,
+            options.kwok_nodes,
+        )?;
 
         let startup = started.elapsed();
         eprintln!(
@@ -319,8 +366,32 @@ impl ControlPlane {
             etcd,
             apiserver,
             controller_manager,
+            pods,
+            options: options.clone(),
             installation: OnceLock::new(),
         })
+        .and_then(|control_plane| {
+            let nodes = (0..options.kwok_nodes)
+                .map(|i| FakeNode::named(&format!("{NODE_NAME_PREFIX}{i}")))
+                .collect::<Vec<_>>();
+            block_on(async {
+                let admin = control_plane.admin_client().await?;
+                for node in &nodes {
+                    control_plane.add_fake_node(&admin, node).await?;
+                }
+                anyhow::Ok(())
+            })??;
+            Ok(control_plane)
+        })
+    }
+
+    /// The options this control plane was started with.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    pub(crate) fn pod_runtime(&self) -> &PodRuntime {
+        &self.pods
     }
 
     /// The API server's URL, `https://127.0.0.1:<port>`.
@@ -371,19 +442,26 @@ impl ControlPlane {
     /// Process ids of etcd, kube-apiserver, kube-controller-manager and the
     /// watchdog (each the id of its process group).
     pub fn pids(&self) -> Vec<u32> {
-        vec![
+        let mut pids = vec![
             self.etcd.pid(),
             self.apiserver.pid(),
             self.controller_manager.pid(),
             self.supervisor.watchdog_pid(),
-        ]
+        ];
+        pids.extend(self.pods.scheduler.iter().map(ManagedProcess::pid));
+        pids.extend(self.pods.kwok.iter().map(ManagedProcess::pid));
+        pids
     }
 
     /// Fails with a component's log tail if any of them has exited.
     pub fn ensure_running(&self) -> Result<()> {
         self.etcd.ensure_running()?;
         self.apiserver.ensure_running()?;
-        self.controller_manager.ensure_running()
+        self.controller_manager.ensure_running()?;
+        for process in self.pods.scheduler.iter().chain(&self.pods.kwok) {
+            process.ensure_running()?;
+        }
+        Ok(())
     }
 
     /// A new admin client (`system:masters`), bound to the calling runtime.
@@ -393,6 +471,7 @@ impl ControlPlane {
 
     /// The admin's client configuration.
     pub async fn admin_config(&self) -> Result<Config> {
+        install_crypto_provider();
         let kubeconfig =
             Kubeconfig::read_from(&self.admin_kubeconfig).context("read the admin kubeconfig")?;
         Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
@@ -590,6 +669,13 @@ where
             Err(panic) => std::panic::resume_unwind(panic),
         }
     })
+}
+
+/// Makes ring rustls' process-wide provider, as kube is built with, so
+/// clients work even where another dependency enables aws-lc-rs too (rustls
+/// then cannot choose on its own). Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the component).

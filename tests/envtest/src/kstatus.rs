@@ -35,9 +35,14 @@ pub fn kstatus(object: &Value) -> (KStatus, String) {
         .pointer("/metadata/deletionTimestamp")
         .is_some_and(|t| !t.is_null())
     {
-        return (KStatus::Terminating, "resource scheduled for deletion".into());
+        return (
+            KStatus::Terminating,
+            "resource scheduled for deletion".into(),
+        );
     }
-    let generation = object.pointer("/metadata/generation").and_then(Value::as_i64);
+    let generation = object
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64);
     if let Some(observed) = object
         .pointer("/status/observedGeneration")
         .and_then(Value::as_i64)

@@ -33,6 +33,8 @@ pub mod audit;
 pub mod binaries;
 pub mod control_plane;
 pub mod install;
+pub mod kstatus;
+pub mod nodes;
 pub mod pki;
 pub mod process;
 pub mod tenants;
@@ -43,3 +45,4 @@ pub use install::{
     Installation, OPERATOR_GROUPS, OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT, OPERATOR_USER,
     Operator, OperatorOptions,
 };
+pub use nodes::FakeNode;

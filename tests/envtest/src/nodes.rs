@@ -4,11 +4,17 @@
 //! the real deployment and ReplicaSet controllers.
 //!
 //! What kwok does is exactly the Stages in `tests/envtest/kwok/stages.yaml`
-//! (kwok's own "fast" stages): a node gets Ready conditions and capacity, a
-//! scheduled pod becomes Running and Ready with a pod IP at once (no image
-//! is pulled, no container runs, no probe is executed), a deleted pod is
-//! removed at once. Both run with the admin kubeconfig: they stand in for
-//! cluster components, not for anything Bulkhead grants.
+//! (the ones kwokctl runs by default): a node gets Ready conditions and
+//! capacity and a Lease that kwok renews, a scheduled pod becomes Running
+//! and Ready with a pod IP at once (no image is pulled, no container runs,
+//! no probe is executed), a deleted pod is removed at once. Both run with
+//! the admin kubeconfig: they stand in for cluster components, not for
+//! anything Bulkhead grants.
+//!
+//! The API server taints every new node `node.kubernetes.io/not-ready`
+//! (admission plugin TaintNodesByCondition); the controller manager's node
+//! lifecycle controller removes the taint once the node reports Ready, so
+//! [`crate::Options::with_pods`] runs that controller too.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -38,6 +44,8 @@ pub const FAKE_NODE_LABEL_VALUE: &str = "kwok";
 /// Name prefix of the nodes [`crate::Options::kwok_nodes`] registers.
 pub const NODE_NAME_PREFIX: &str = "kwok-node-";
 
+/// The node Lease duration kwok maintains (the kubelet's default).
+const NODE_LEASE_SECONDS: u32 = 40;
 /// How long a fake node may take to report Ready.
 const NODE_READY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -88,7 +96,10 @@ pub(crate) fn start(
                 "--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}={KWOK_NODE_ANNOTATION_VALUE}"
             ))
             .arg(format!("--cidr={POD_CIDR}"))
-            .arg("--node-ip=127.0.0.1");
+            .arg("--node-ip=127.0.0.1")
+            // Renew each node's Lease as a kubelet does (kwokctl's default),
+            // so the node lifecycle controller sees live nodes.
+            .arg(format!("--node-lease-duration-seconds={NODE_LEASE_SECONDS}"));
         Some(supervisor.spawn("kwok", command, &logs.join("kwok.log"))?)
     } else {
         None
