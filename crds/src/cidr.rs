@@ -25,9 +25,16 @@ pub enum CidrError {
     /// The address part is not an IP address.
     #[error("{0:?} does not start with an IPv4 or IPv6 address")]
     BadAddress(String),
-    /// The prefix length is not a number within the address family's width.
-    #[error("{0:?} has a prefix length outside 0..=32 (IPv4) or 0..=128 (IPv6)")]
+    /// The prefix length is not a number within the address family's width,
+    /// or is written with a sign or a leading zero.
+    #[error(
+        "{0:?} has a prefix length outside 0..=32 (IPv4) or 0..=128 (IPv6), or written with a sign or leading zero"
+    )]
     BadPrefix(String),
+    /// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`): Kubernetes' CEL
+    /// `cidr()` refuses them, and the IPv4 range should be named as such.
+    #[error("{0:?} is an IPv4-mapped IPv6 range; name the IPv4 range instead")]
+    Ipv4Mapped(String),
     /// Bits below the prefix are set, so the range is ambiguous.
     #[error("{given:?} has host bits set; the range it denotes is written {canonical}")]
     HostBitsSet {
@@ -107,7 +114,17 @@ impl FromStr for Cidr {
         let network: IpAddr = addr
             .parse()
             .map_err(|_| CidrError::BadAddress(s.to_owned()))?;
-        let prefix_len = if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+        if let IpAddr::V6(v6) = network
+            && v6.to_ipv4_mapped().is_some()
+        {
+            return Err(CidrError::Ipv4Mapped(s.to_owned()));
+        }
+        // As Go's `netip.ParsePrefix` (behind the API server's `cidr()`):
+        // decimal digits only, no leading zero.
+        let prefix_len = if prefix.is_empty()
+            || !prefix.bytes().all(|b| b.is_ascii_digit())
+            || (prefix.len() > 1 && prefix.starts_with('0'))
+        {
             None
         } else {
             prefix.parse::<u8>().ok()
@@ -168,6 +185,16 @@ mod tests {
             ("10.0.0.0/", CidrError::BadPrefix("10.0.0.0/".into())),
             ("10.0.0.0/+8", CidrError::BadPrefix("10.0.0.0/+8".into())),
             ("::/129", CidrError::BadPrefix("::/129".into())),
+            ("10.0.0.0/08", CidrError::BadPrefix("10.0.0.0/08".into())),
+            ("0.0.0.0/00", CidrError::BadPrefix("0.0.0.0/00".into())),
+            (
+                "::ffff:0.0.0.0/96",
+                CidrError::Ipv4Mapped("::ffff:0.0.0.0/96".into()),
+            ),
+            (
+                "::ffff:a00:0/104",
+                CidrError::Ipv4Mapped("::ffff:a00:0/104".into()),
+            ),
         ] {
             assert_eq!(input.parse::<Cidr>(), Err(expected), "{input}");
         }
