@@ -139,9 +139,21 @@ pub fn is_dns_label(s: &str) -> bool {
         && !s.ends_with('-')
 }
 
-/// True for a DNS-1123 subdomain: dot-separated DNS labels, at most 253 characters.
+/// True for a DNS-1123 subdomain as Kubernetes validates names such as a
+/// RuntimeClass's (apimachinery `IsDNS1123Subdomain`): at most 253
+/// characters, dot-separated parts of lower-case letters, digits and `-`,
+/// each starting and ending with a letter or digit. Kubernetes sets no
+/// length limit on the parts.
 pub fn is_dns_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(is_dns_label)
+    s.len() <= 253
+        && s.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        })
 }
 
 fn validate_id(id: Option<&str>, naming: &NamespaceNaming<'_>, errors: &mut Errors) {
