@@ -260,7 +260,9 @@ fn validate_spec(tenant: &Tenant, errors: &mut Errors) {
         );
     }
     if let Some(image) = &server.image
-        && (image.is_empty() || image.len() > 512 || image.chars().any(char::is_whitespace))
+        && (image.is_empty()
+            || image.chars().count() > 512
+            || image.chars().any(char::is_whitespace))
     {
         errors.add(
             "spec.server.image",
@@ -413,7 +415,7 @@ fn validate_spec(tenant: &Tenant, errors: &mut Errors) {
     let mut tools = BTreeSet::new();
     for (i, tool) in spec.rate_limits.per_tool.iter().enumerate() {
         let field = format!("spec.rateLimits.perTool[{i}]");
-        if tool.tool.is_empty() || tool.tool.len() > 128 {
+        if tool.tool.is_empty() || tool.tool.chars().count() > 128 {
             errors.add(
                 format!("{field}.tool"),
                 "must name a tool (1 to 128 characters)",
@@ -528,7 +530,7 @@ fn check_base_url(url: &str) -> Result<(), &'static str> {
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
         .ok_or("must start with https:// (or http://)")?;
-    if url.len() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if url.chars().count() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("must be at most 2048 characters without spaces");
     }
     let authority = rest.split('/').next().unwrap_or_default();
@@ -549,7 +551,9 @@ fn check_path_pattern(path: &str) -> Result<(), &'static str> {
     if !path.starts_with('/') {
         return Err("must start with '/'");
     }
-    if path.len() > MAX_PATH_LEN || path.chars().any(|c| c.is_whitespace() || c.is_control()) {
+    if path.chars().count() > MAX_PATH_LEN
+        || path.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err("must be at most 512 characters without spaces");
     }
     if path.contains(['?', '#']) {
