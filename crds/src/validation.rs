@@ -586,14 +586,15 @@ fn validate_rate_limit(field: &str, limit: &RateLimit, errors: &mut Errors) {
     }
 }
 
-/// True for a Kubernetes quantity greater than zero: a decimal number with
-/// an optional binary (`Ki`..`Ei`) or decimal (`m`, `k`..`E`) suffix or a
-/// decimal exponent (`1e3`), as the API server's `isQuantity` accepts.
+/// True for a Kubernetes quantity greater than zero: a decimal number, with
+/// an optional `+` sign, and an optional binary (`Ki`..`Ei`) or decimal
+/// (`m`, `k`..`E`) suffix or a decimal exponent (`1e3`), as the API server's
+/// `isQuantity` accepts (apimachinery `resource.ParseQuantity`).
 pub fn is_positive_quantity(quantity: &Quantity) -> bool {
     const SUFFIXES: &[&str] = &[
         "Ki", "Mi", "Gi", "Ti", "Pi", "Ei", "n", "u", "m", "k", "M", "G", "T", "P", "E", "",
     ];
-    let s = quantity.0.as_str();
+    let s = quantity.0.strip_prefix('+').unwrap_or(&quantity.0);
     let is_digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
     let exponent_split = s.rfind(['e', 'E']).and_then(|i| {
         let exponent = &s[i + 1..];
