@@ -43,6 +43,10 @@ pub const MAX_ITEMS: &[(&str, usize)] = &[
     ("spec.network.egress.ports", 32),
     ("spec.rateLimits.perTool", 64),
 ];
+/// Largest sustained rate of a rate limit, in requests per minute.
+pub const MAX_REQUESTS_PER_MINUTE: u32 = 1_000_000;
+/// Largest burst of a rate limit, in requests.
+pub const MAX_BURST: u32 = 100_000;
 /// HTTP methods an `http` connector's allow-list may name.
 pub const ALLOWED_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
 
@@ -580,9 +584,19 @@ fn validate_rate_limit(field: &str, limit: &RateLimit, errors: &mut Errors) {
             format!("{field}.requestsPerMinute"),
             "must be at least 1 (remove the connector or tool to forbid it)",
         );
+    } else if limit.requests_per_minute > MAX_REQUESTS_PER_MINUTE {
+        errors.add(
+            format!("{field}.requestsPerMinute"),
+            format!("must be at most {MAX_REQUESTS_PER_MINUTE}"),
+        );
     }
     if limit.burst == 0 {
         errors.add(format!("{field}.burst"), "must be at least 1");
+    } else if limit.burst > MAX_BURST {
+        errors.add(
+            format!("{field}.burst"),
+            format!("must be at most {MAX_BURST}"),
+        );
     }
 }
 
