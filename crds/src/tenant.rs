@@ -254,7 +254,7 @@ pub struct EgressSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 64),
-        inner(length(max = 43)),
+        inner(length(max = 49)),
         extend(
             "x-kubernetes-list-type" = "set",
             "x-kubernetes-validations" = [{
