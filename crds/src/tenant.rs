@@ -203,7 +203,8 @@ pub struct NetworkSpec {
     pub egress: EgressSpec,
 }
 
-/// Bounds each `ingressFrom` selector and puts its rule on the list's items.
+/// Bounds each `ingressFrom` selector, puts its rule on the list's items and
+/// Kubernetes' rule for `values` on each of its `matchExpressions`.
 ///
 /// The rule looks for an `In` expression among `matchExpressions`. With
 /// k8s-openapi's `LabelSelector` schema that list and each `operator` are
@@ -223,16 +224,36 @@ fn namespace_selector_rule(schema: &mut schemars::Schema) {
         .and_then(|e| e.as_object_mut())
     {
         expressions.insert("maxItems".to_owned(), serde_json::json!(16));
-        if let Some(operator) = expressions
-            .get_mut("items")
-            .and_then(|i| i.get_mut("properties"))
-            .and_then(|p| p.get_mut("operator"))
-            .and_then(|o| o.as_object_mut())
-        {
-            operator.insert(
-                "enum".to_owned(),
-                serde_json::json!(["In", "NotIn", "Exists", "DoesNotExist"]),
+        if let Some(requirement) = expressions.get_mut("items").and_then(|i| i.as_object_mut()) {
+            // Kubernetes' own rule for a label selector requirement
+            // (apimachinery `ValidateLabelSelectorRequirement`), which the
+            // API server otherwise applies only to the NetworkPolicy built
+            // from it, long after the Tenant was accepted.
+            requirement.insert(
+                "x-kubernetes-validations".to_owned(),
+                serde_json::json!([
+                    {
+                        "rule": "!(self.operator in ['In', 'NotIn']) || (has(self.values) && size(self.values) > 0)",
+                        "message": "values must not be empty for In and NotIn",
+                        "fieldPath": ".values"
+                    },
+                    {
+                        "rule": "!(self.operator in ['Exists', 'DoesNotExist']) || !has(self.values) || size(self.values) == 0",
+                        "message": "values must be empty for Exists and DoesNotExist",
+                        "fieldPath": ".values"
+                    }
+                ]),
             );
+            if let Some(operator) = requirement
+                .get_mut("properties")
+                .and_then(|p| p.get_mut("operator"))
+                .and_then(|o| o.as_object_mut())
+            {
+                operator.insert(
+                    "enum".to_owned(),
+                    serde_json::json!(["In", "NotIn", "Exists", "DoesNotExist"]),
+                );
+            }
         }
     }
     items.insert(
