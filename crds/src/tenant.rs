@@ -80,7 +80,10 @@ pub struct ServerSpec {
     pub replicas: Option<i32>,
     /// Server image; the operator's default image when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 512), regex(pattern = r"^\S+$"))]
+    #[schemars(
+        length(min = 1, max = 512),
+        regex(pattern = r"^[^\s\x0b\x{85}\p{Z}]+$")
+    )]
     pub image: Option<String>,
     /// CPU and memory requests and limits of the server container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,7 +157,9 @@ pub struct Connector {
     /// without user information, query or fragment.
     #[schemars(
         length(max = 2048),
-        regex(pattern = r"^https?://[^/?#@\s]+(/[^?#\s]*)?$")
+        regex(
+            pattern = r"^https?://[^/?#@\s\x00-\x1f\x7f-\x9f\p{Z}]+(/[^?#\s\x00-\x1f\x7f-\x9f\p{Z}]*)?$"
+        )
     )]
     pub base_url: String,
     /// Name of a declared credential sent to the upstream, if any.
@@ -178,7 +183,7 @@ pub struct AllowRule {
     /// trailing `/**` any number of segments.
     #[schemars(
         length(min = 1, max = 512),
-        regex(pattern = r"^(/([^/*?#\s\x00-\x1f\x7f]*|\*))*(/\*\*)?$"),
+        regex(pattern = r"^(/([^/*?#\s\x00-\x1f\x7f-\x9f\p{Z}]*|\*))*(/\*\*)?$"),
         extend("x-kubernetes-validations" = [{
             "rule": "!self.matches('/[.][.]?(/|$)')",
             "message": "path must not contain '.' or '..' segments"
