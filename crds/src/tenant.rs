@@ -270,6 +270,28 @@ fn namespace_selector_rule(schema: &mut schemars::Schema) {
     );
 }
 
+/// Reads an optional quantity as the schema types it
+/// (`x-kubernetes-int-or-string`): a string or an integer. k8s-openapi's
+/// `Quantity` also takes a JSON float, which the API server refuses, so a
+/// Tenant read from a file must not pass with one.
+fn int_or_string_quantity<'de, D>(deserializer: D) -> Result<Option<Quantity>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a quantity: a string or an integer")]
+    enum IntOrString {
+        Int(i64),
+        String(String),
+    }
+    Ok(
+        Option::<IntOrString>::deserialize(deserializer)?.map(|value| match value {
+            IntOrString::Int(i) => Quantity(i.to_string()),
+            IntOrString::String(s) => Quantity(s),
+        }),
+    )
+}
+
 /// Upstream destinations the server may connect to.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -302,14 +324,22 @@ pub struct EgressSpec {
 #[serde(rename_all = "camelCase")]
 pub struct QuotaSpec {
     /// Total CPU of the namespace (requests and limits), e.g. `4` or `2500m`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "int_or_string_quantity"
+    )]
     #[schemars(extend("x-kubernetes-validations" = [{
         "rule": "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))",
         "message": "must be a positive quantity, e.g. 2 or 500m"
     }]))]
     pub cpu: Option<Quantity>,
     /// Total memory of the namespace (requests and limits), e.g. `4Gi`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "int_or_string_quantity"
+    )]
     #[schemars(extend("x-kubernetes-validations" = [{
         "rule": "isQuantity(string(self)) && quantity(string(self)).isGreaterThan(quantity('0'))",
         "message": "must be a positive quantity, e.g. 4Gi"
