@@ -16,6 +16,10 @@ pub enum Schema {
     Keyword,
     /// The list is a `map` or `set` list, so the API server refuses duplicates.
     UniqueList(&'static str),
+    /// A CEL rule fails on kube-apiserver with a message containing this
+    /// text, where kube's local CEL evaluation passes it: there `cidr()`
+    /// takes a prefix length with a leading zero, Go's `netip` does not.
+    CelOnServerOnly(&'static str),
 }
 
 /// One invalid Tenant.
@@ -327,6 +331,82 @@ pub fn cases() -> Vec<Case> {
             field: "spec.displayName",
             schema: Schema::Keyword,
         },
+        // Found by sending generated Tenants to kube-apiserver
+        // (tests/envtest/tests/validation_agreement.rs): each was judged
+        // differently by the API server and by the code.
+        Case {
+            name: "IPv4-mapped IPv6 range",
+            edit: |t| t["spec"]["network"]["egress"]["cidrs"][0] = json!("::ffff:10.0.0.0/104"),
+            field: "spec.network.egress.cidrs[0]",
+            schema: Schema::Cel("canonical CIDR"),
+        },
+        Case {
+            name: "CIDR prefix with a leading zero",
+            edit: |t| t["spec"]["network"]["egress"]["cidrs"][0] = json!("10.0.0.0/08"),
+            field: "spec.network.egress.cidrs[0]",
+            schema: Schema::CelOnServerOnly("canonical CIDR"),
+        },
+        Case {
+            name: "In expression without values",
+            edit: |t| {
+                t["spec"]["network"]["ingressFrom"][1]["matchExpressions"] =
+                    json!([{"key": "team", "operator": "In"}])
+            },
+            field: "spec.network.ingressFrom[1].matchExpressions[0].values",
+            schema: Schema::Cel("must not be empty for In and NotIn"),
+        },
+        Case {
+            name: "Exists expression with values",
+            edit: |t| {
+                t["spec"]["network"]["ingressFrom"][1]["matchExpressions"] = json!([
+                    {"key": "team", "operator": "Exists", "values": ["a"]},
+                    {"key": "tier", "operator": "In", "values": ["x"]},
+                ])
+            },
+            field: "spec.network.ingressFrom[1].matchExpressions[0].values",
+            schema: Schema::Cel("must be empty for Exists and DoesNotExist"),
+        },
+        Case {
+            name: "requests per minute above the bound",
+            edit: |t| t["spec"]["rateLimits"]["perCaller"]["requestsPerMinute"] = json!(1_000_001),
+            field: "spec.rateLimits.perCaller.requestsPerMinute",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "burst above the bound",
+            edit: |t| t["spec"]["rateLimits"]["perTool"][0]["burst"] = json!(100_001),
+            field: "spec.rateLimits.perTool[0].burst",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "path with a no-break space",
+            edit: |t| t["spec"]["connectors"][1]["allow"][0]["path"] = json!("/v1/in\u{a0}voices"),
+            field: "spec.connectors[1].allow[0].path",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "path with a C1 control character",
+            edit: |t| t["spec"]["connectors"][1]["allow"][0]["path"] = json!("/v1/in\u{85}voices"),
+            field: "spec.connectors[1].allow[0].path",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "base URL with a line separator",
+            edit: |t| {
+                t["spec"]["connectors"][1]["baseUrl"] =
+                    json!("https://billing.example.com/a\u{2028}b")
+            },
+            field: "spec.connectors[1].baseUrl",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "image with an ideographic space",
+            edit: |t| {
+                t["spec"]["server"]["image"] = json!("registry.example.com/server\u{3000}latest")
+            },
+            field: "spec.server.image",
+            schema: Schema::Keyword,
+        },
     ]
 }
 
@@ -364,12 +444,42 @@ pub fn valid_cases() -> Vec<ValidCase> {
             name: "longest id",
             edit: |t| t["metadata"]["name"] = json!("a".repeat(54)),
         },
+        // Found by sending generated Tenants to kube-apiserver, as above.
+        ValidCase {
+            name: "RuntimeClass name with a 64-character part",
+            edit: |t| t["spec"]["server"]["runtimeClassName"] = json!("r".repeat(64)),
+        },
+        ValidCase {
+            name: "path of 512 characters, 1023 bytes",
+            edit: |t| {
+                t["spec"]["connectors"][1]["allow"][0]["path"] =
+                    json!(format!("/{}", "é".repeat(511)))
+            },
+        },
+        ValidCase {
+            name: "tool name of 128 characters, 256 bytes",
+            edit: |t| t["spec"]["rateLimits"]["perTool"][0]["tool"] = json!("é".repeat(128)),
+        },
+        ValidCase {
+            name: "longest CIDR notation",
+            edit: |t| {
+                t["spec"]["network"]["egress"]["cidrs"] =
+                    json!(["0000:0000:0000:0000:0000:0000:255.255.255.255/128"])
+            },
+        },
+        ValidCase {
+            name: "rate limits at their bounds",
+            edit: |t| {
+                t["spec"]["rateLimits"]["perCaller"] =
+                    json!({"requestsPerMinute": 1_000_000, "burst": 100_000})
+            },
+        },
     ]
 }
 
 /// Quantities both halves accept as a cpu or memory quota.
 pub const POSITIVE_QUANTITIES: &[&str] = &[
-    "2", "500m", "4Gi", "0.5", "1.5Gi", "1e3", "2E6", "1k", "100M",
+    "2", "500m", "4Gi", "0.5", "1.5Gi", "1e3", "2E6", "1k", "100M", "+1", "+1500m",
 ];
 
 /// Strings both halves refuse as a cpu or memory quota.
