@@ -4,7 +4,7 @@
 use bulkhead_crds::{InvalidTenant, Tenant};
 use kube::Resource;
 
-use crate::build::{TenantObjects, desired_objects};
+use crate::desired::{TenantObjects, desired_objects};
 use crate::settings::OperatorSettings;
 
 /// Why a Tenant document could not be rendered.

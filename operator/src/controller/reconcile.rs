@@ -2,7 +2,7 @@
 //! validate → build → (adoption check) → apply → prune → report status.
 //!
 //! Only the apply, prune and status steps touch the API. Validation and
-//! building are the pure builders of [`crate::build`], shared with `render`.
+//! building are the pure builders of [`crate::desired`], shared with `render`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -38,7 +38,7 @@ use super::status::{
     CREDENTIALS_BOUND, NAMESPACE_READY, NETWORK_ISOLATED, READY, Report, SERVER_AVAILABLE, STALLED,
     Truth, Verdict, desired_status, ready_transition, write_status,
 };
-use crate::build::{TenantObjects, desired_objects, endpoint, namespace_name};
+use crate::desired::{TenantObjects, desired_objects, endpoint, namespace_name};
 use crate::labels::FIELD_MANAGER;
 use crate::settings::OperatorSettings;
 

@@ -3,7 +3,9 @@
 //! `render`, the controller and the tests share exactly the same objects.
 
 pub mod config_map;
+pub mod context;
 pub mod deployment;
+pub mod names;
 pub mod namespace;
 pub mod network_policy;
 pub mod quota;
@@ -14,11 +16,8 @@ pub mod service_account;
 #[cfg(test)]
 pub(crate) mod fixtures;
 
-use std::collections::BTreeMap;
-
 use bulkhead_crds::Tenant;
 use bulkhead_crds::cidr::Cidr;
-use bulkhead_crds::server_config::{MCP_PATH, MCP_PORT};
 use bulkhead_crds::validation::{FieldError, InvalidTenant, NamespaceNaming, validate_tenant};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
@@ -26,12 +25,11 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::rbac::v1::RoleBinding;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::Resource;
 
-use crate::labels::child_labels;
 use crate::settings::OperatorSettings;
+use context::BuildContext;
 
+pub use context::{endpoint, namespace_name};
 pub use rbac::SECRET_READER_CLUSTER_ROLE;
 
 /// Every object Bulkhead creates for one Tenant.
@@ -73,21 +71,6 @@ impl TenantObjects {
             serde_json::to_value(&self.deployment)?,
         ])
     }
-}
-
-/// The namespace of a tenant: `<prefix><tenant id>`.
-pub fn namespace_name(tenant_id: &str, settings: &OperatorSettings) -> String {
-    format!("{}{tenant_id}", settings.namespace_prefix)
-}
-
-/// The in-cluster URL of a tenant's MCP endpoint.
-pub fn endpoint(tenant_id: &str, settings: &OperatorSettings) -> String {
-    format!(
-        "http://{}.{}.svc.{}:{MCP_PORT}{MCP_PATH}",
-        service::SERVICE_NAME,
-        namespace_name(tenant_id, settings),
-        settings.cluster_domain
-    )
 }
 
 /// Validates the Tenant (the CRD's rules, again in code, plus the rules that
@@ -166,47 +149,6 @@ fn check_egress_against_cluster(
     }
 }
 
-/// What every builder needs: the validated Tenant and where it lives.
-pub(crate) struct BuildContext<'a> {
-    pub tenant: &'a Tenant,
-    pub tenant_id: &'a str,
-    pub namespace: String,
-    pub settings: &'a OperatorSettings,
-}
-
-impl BuildContext<'_> {
-    /// Metadata of a child object: name, namespace (unless cluster-scoped),
-    /// the two labels and the owner reference.
-    pub fn metadata(&self, name: &str, namespaced: bool) -> ObjectMeta {
-        ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: namespaced.then(|| self.namespace.clone()),
-            labels: Some(child_labels(self.tenant_id)),
-            owner_references: self.tenant.controller_owner_ref(&()).map(|owner| {
-                vec![OwnerReference {
-                    block_owner_deletion: Some(true),
-                    ..owner
-                }]
-            }),
-            ..ObjectMeta::default()
-        }
-    }
-
-    /// Labels that select the server pods.
-    pub fn server_selector(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            (
-                "app.kubernetes.io/name".to_owned(),
-                deployment::SERVER_APP_NAME.to_owned(),
-            ),
-            (
-                crate::labels::TENANT_LABEL.to_owned(),
-                self.tenant_id.to_owned(),
-            ),
-        ])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use bulkhead_crds::Tenant;
@@ -214,6 +156,7 @@ mod tests {
     use super::fixtures::{FULL, MINIMAL, UID, live_tenant, objects};
     use super::*;
     use crate::labels::{MANAGED_BY_LABEL, TENANT_LABEL};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
     fn metadata_of(objects: &TenantObjects) -> Vec<(&'static str, &ObjectMeta)> {
         vec![
