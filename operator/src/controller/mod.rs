@@ -12,6 +12,7 @@
 pub mod admin;
 pub mod apply;
 pub mod backoff;
+pub mod children;
 pub mod deletion;
 pub mod drift;
 pub mod error;
@@ -27,23 +28,17 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use bulkhead_crds::Tenant;
 use futures::{Stream, StreamExt};
-use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, LimitRange, Namespace, ResourceQuota, Service, ServiceAccount,
-};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::ListParams;
 use kube::core::{DeserializeGuard, PartialObjectMeta};
 use kube::runtime::controller::Controller;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::desired::TenantObjects;
+use crate::desired::children::{ChildKind, KindVisitor};
 use crate::labels::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::settings::OperatorSettings;
 use admin::AdminState;
@@ -216,28 +211,7 @@ async fn run_controller(
     let controller = Controller::new(tenants, watcher::Config::default().any_semantic())
         .with_config(kube::runtime::controller::Config::default().concurrency(concurrency));
     admin.set_tenant_store(controller.store());
-    controller
-        .watches_stream(
-            child_triggers::<Namespace>(Api::all(client.clone())),
-            owning_tenants,
-        )
-        .watches_stream(
-            namespaced_triggers::<ServiceAccount>(&client),
-            owning_tenants,
-        )
-        .watches_stream(namespaced_triggers::<RoleBinding>(&client), owning_tenants)
-        .watches_stream(
-            namespaced_triggers::<NetworkPolicy>(&client),
-            owning_tenants,
-        )
-        .watches_stream(
-            namespaced_triggers::<ResourceQuota>(&client),
-            owning_tenants,
-        )
-        .watches_stream(namespaced_triggers::<LimitRange>(&client), owning_tenants)
-        .watches_stream(namespaced_triggers::<ConfigMap>(&client), owning_tenants)
-        .watches_stream(namespaced_triggers::<Service>(&client), owning_tenants)
-        .watches_stream(namespaced_triggers::<Deployment>(&client), owning_tenants)
+    watch_children(controller, &client)
         .graceful_shutdown_on(stop.cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -271,41 +245,47 @@ fn owning_tenants<K: Resource>(child: K) -> Vec<ObjectRef<DeserializeGuard<Tenan
         .collect()
 }
 
+/// The controller of Tenants (guarded, see [`run_controller`]).
+type TenantController = Controller<DeserializeGuard<Tenant>>;
+
+/// Adds a watch of every child kind to the Tenant controller.
+fn watch_children(controller: TenantController, client: &Client) -> TenantController {
+    type AddWatch = Box<dyn FnOnce(TenantController) -> TenantController>;
+    struct Watches<'a> {
+        client: &'a Client,
+        add: Vec<AddWatch>,
+    }
+    impl KindVisitor for Watches<'_> {
+        fn visit<K: ChildKind>(&mut self) {
+            let triggers = child_triggers::<K>(self.client);
+            self.add.push(Box::new(move |controller: TenantController| {
+                controller.watches_stream(triggers, owning_tenants)
+            }));
+        }
+    }
+    let mut watches = Watches {
+        client,
+        add: Vec::new(),
+    };
+    TenantObjects::visit_kinds(&mut watches);
+    watches
+        .add
+        .into_iter()
+        .fold(controller, |controller, add| add(controller))
+}
+
 /// Watch of one child kind, used only to trigger reconciles of the owning
 /// Tenant: metadata only (reconcile reads the object it compares), and only
 /// objects labelled as Bulkhead's, so the operator neither transfers nor
 /// holds anything else.
-fn child_triggers<K>(
-    api: Api<PartialObjectMeta<K>>,
-) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
-where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
+fn child_triggers<K: ChildKind>(
+    client: &Client,
+) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static {
     let config =
         watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
     // `Api<PartialObjectMeta<K>>` makes the watch metadata-only.
+    let api = Api::<PartialObjectMeta<K>>::all(client.clone());
     watcher(api, config).default_backoff().touched_objects()
-}
-
-fn namespaced_triggers<K>(
-    client: &Client,
-) -> impl Stream<Item = Result<PartialObjectMeta<K>, watcher::Error>> + Send + 'static
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    child_triggers(Api::<PartialObjectMeta<K>>::all(client.clone()))
 }
 
 /// Fails with installation instructions when the Tenant CRD is missing.
@@ -363,6 +343,8 @@ fn init_logging(format: &str) {
 mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
     use kube::api::ObjectMeta;
+
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
 
     use super::*;
 

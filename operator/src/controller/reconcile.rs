@@ -23,11 +23,9 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
-use super::apply::{
-    Ensured, WantedNames, ensure_child, is_owned_by, kind_of_val, prune, read_and_ensure,
-    read_child,
-};
+use super::apply::{is_owned_by, read_child};
 use super::backoff::TenantBackoff;
+use super::children::{LiveObjects, TenantChildren};
 use super::deletion::{
     drop_retain_finalizer, has_retain_finalizer, reclaim_namespace, release_children,
     sync_finalizer,
@@ -325,7 +323,10 @@ pub async fn reconcile_tenant(tenant: &Tenant, ctx: &Context) -> Result<Done> {
     }
 
     // apply, in order
-    let applied = match apply_all(ctx, &objects, live_namespace, &ns_name).await {
+    let children = TenantChildren::new(&ctx.client, &ns_name, &id, &uid);
+    let mut known = LiveObjects::default();
+    known.insert(live_namespace);
+    let applied = match children.apply(&objects, known).await {
         Ok(applied) => applied,
         Err(ref error) if let Some((action, message)) = error.rejection() => {
             let report = apply_rejected_report(action, message, &ns_name);
@@ -352,7 +353,7 @@ pub async fn reconcile_tenant(tenant: &Tenant, ctx: &Context) -> Result<Done> {
 
     // prune
     if let Some(generation) = generation.filter(|g| ctx.needs_prune(&uid, *g)) {
-        let deleted = prune(&ctx.client, &ns_name, &id, &uid, &applied.wanted).await?;
+        let deleted = children.prune(&objects).await?;
         ctx.mark_pruned(&uid, generation);
         if !deleted.is_empty() {
             info!(deleted = ?deleted, "pruned children the spec no longer wants");
@@ -388,7 +389,13 @@ pub async fn reconcile_tenant(tenant: &Tenant, ctx: &Context) -> Result<Done> {
                 ),
             ),
             credentials_verdict(tenant, &objects, &ns_name),
-            server_verdict(&applied.deployment, &ns_name),
+            server_verdict(
+                applied
+                    .live
+                    .get::<Deployment>()
+                    .unwrap_or(&objects.deployment),
+                &ns_name,
+            ),
         ],
         ready: None,
     };
@@ -398,63 +405,6 @@ pub async fn reconcile_tenant(tenant: &Tenant, ctx: &Context) -> Result<Done> {
     Ok(Done {
         outcome: Outcome::Applied,
         action: Action::requeue(RESYNC),
-    })
-}
-
-/// What [`apply_all`] did.
-struct Applied {
-    written: Vec<String>,
-    wanted: WantedNames,
-    deployment: Deployment,
-}
-
-/// Applies every child in the deliberate order: namespace, then identity
-/// and RBAC, then isolation and limits, then configuration, Service and last
-/// the server, so no server pod can start before its fences exist.
-async fn apply_all(
-    ctx: &Context,
-    objects: &TenantObjects,
-    live_namespace: Option<Namespace>,
-    ns: &str,
-) -> Result<Applied> {
-    let client = &ctx.client;
-    let mut written = Vec::new();
-    let mut wanted = WantedNames::default();
-    let mut note = |kind: &str, name: String, was_written: bool| {
-        if was_written {
-            written.push(format!("{kind}/{name}"));
-        }
-    };
-
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    let namespace = ensure_child(&namespaces, &objects.namespace, live_namespace).await?;
-    note("Namespace", namespace.object.name_any(), namespace.written);
-
-    macro_rules! ensure_namespaced {
-        ($object:expr) => {{
-            let ensured: Ensured<_> =
-                read_and_ensure(&Api::namespaced(client.clone(), ns), $object).await?;
-            wanted.insert($object);
-            note(
-                &kind_of_val($object),
-                ensured.object.name_any(),
-                ensured.written,
-            );
-            ensured
-        }};
-    }
-    ensure_namespaced!(&objects.service_account);
-    ensure_namespaced!(&objects.role_binding);
-    ensure_namespaced!(&objects.network_policy);
-    ensure_namespaced!(&objects.resource_quota);
-    ensure_namespaced!(&objects.limit_range);
-    ensure_namespaced!(&objects.config_map);
-    ensure_namespaced!(&objects.service);
-    let deployment = ensure_namespaced!(&objects.deployment);
-    Ok(Applied {
-        written,
-        wanted,
-        deployment: deployment.object,
     })
 }
 

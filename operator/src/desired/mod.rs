@@ -2,6 +2,7 @@
 //! it out. One module per resource; nothing here talks to the API server, so
 //! `render`, the controller and the tests share exactly the same objects.
 
+pub mod children;
 pub mod config_map;
 pub mod context;
 pub mod deployment;
@@ -19,59 +20,13 @@ pub(crate) mod fixtures;
 use bulkhead_crds::Tenant;
 use bulkhead_crds::cidr::Cidr;
 use bulkhead_crds::validation::{FieldError, InvalidTenant, NamespaceNaming, validate_tenant};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, LimitRange, Namespace, ResourceQuota, Service, ServiceAccount,
-};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::RoleBinding;
 
 use crate::settings::OperatorSettings;
 use context::BuildContext;
 
+pub use children::TenantObjects;
 pub use context::{endpoint, namespace_name};
 pub use rbac::SECRET_READER_CLUSTER_ROLE;
-
-/// Every object Bulkhead creates for one Tenant.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TenantObjects {
-    /// The tenant's namespace, with Pod Security Admission `restricted`.
-    pub namespace: Namespace,
-    /// The server's ServiceAccount (no token automount).
-    pub service_account: ServiceAccount,
-    /// Binds [`SECRET_READER_CLUSTER_ROLE`] to the server's ServiceAccount.
-    pub role_binding: RoleBinding,
-    /// Default deny plus the allowed ingress and egress.
-    pub network_policy: NetworkPolicy,
-    /// Namespace-wide resource and object limits.
-    pub resource_quota: ResourceQuota,
-    /// Default requests and limits of containers.
-    pub limit_range: LimitRange,
-    /// The server configuration.
-    pub config_map: ConfigMap,
-    /// The server's Service.
-    pub service: Service,
-    /// The server.
-    pub deployment: Deployment,
-}
-
-impl TenantObjects {
-    /// Every object as JSON, in the order they must be applied: isolation
-    /// and RBAC exist before any server pod can start.
-    pub fn to_json_in_apply_order(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
-        Ok(vec![
-            serde_json::to_value(&self.namespace)?,
-            serde_json::to_value(&self.service_account)?,
-            serde_json::to_value(&self.role_binding)?,
-            serde_json::to_value(&self.network_policy)?,
-            serde_json::to_value(&self.resource_quota)?,
-            serde_json::to_value(&self.limit_range)?,
-            serde_json::to_value(&self.config_map)?,
-            serde_json::to_value(&self.service)?,
-            serde_json::to_value(&self.deployment)?,
-        ])
-    }
-}
 
 /// Validates the Tenant (the CRD's rules, again in code, plus the rules that
 /// depend on the operator's settings) and builds every child object.
