@@ -94,6 +94,11 @@ impl<'a> TenantChildren<'a> {
         }
     }
 
+    /// The tenant namespace.
+    pub fn namespace(&self) -> &str {
+        self.namespace
+    }
+
     /// Applies every desired child in apply order, each only when missing or
     /// drifted (see [`ensure_child`]). Objects in `known` were read just
     /// before (the namespace, for the adoption check) and are not read again.

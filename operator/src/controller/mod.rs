@@ -13,6 +13,7 @@ pub mod admin;
 pub mod apply;
 pub mod backoff;
 pub mod children;
+pub mod context;
 pub mod deletion;
 pub mod drift;
 pub mod error;
@@ -42,9 +43,9 @@ use crate::desired::children::{ChildKind, KindVisitor};
 use crate::labels::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::settings::OperatorSettings;
 use admin::AdminState;
+use context::Context;
 use leader::{LeaderElector, LeaseSettings};
 use metrics::Metrics;
-use reconcile::Context;
 
 pub use reconcile::{error_policy, reconcile};
 

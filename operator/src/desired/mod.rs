@@ -28,16 +28,17 @@ pub use children::TenantObjects;
 pub use context::{endpoint, namespace_name};
 pub use rbac::SECRET_READER_CLUSTER_ROLE;
 
-/// Validates the Tenant (the CRD's rules, again in code, plus the rules that
-/// depend on the operator's settings) and builds every child object.
-///
-/// Children carry both labels of [`child_labels`] and, when the Tenant has a
-/// uid (it was read from the API server), an ownerReference to it with
-/// `controller` and `blockOwnerDeletion` set.
-pub fn desired_objects(
-    tenant: &Tenant,
-    settings: &OperatorSettings,
-) -> Result<TenantObjects, InvalidTenant> {
+/// A Tenant that passed every rule: the CRD's, again in code, and the ones
+/// that depend on the operator's settings. Only a valid Tenant is built.
+pub struct ValidTenant<'a> {
+    ctx: BuildContext<'a>,
+}
+
+/// Validates the Tenant; the errors name every offending field.
+pub fn validate<'a>(
+    tenant: &'a Tenant,
+    settings: &'a OperatorSettings,
+) -> Result<ValidTenant<'a>, InvalidTenant> {
     validate_tenant(
         tenant,
         &NamespaceNaming {
@@ -47,24 +48,62 @@ pub fn desired_objects(
     )?;
     check_egress_against_cluster(tenant, settings)?;
     let id = tenant.metadata.name.as_deref().unwrap_or_default();
-    let ctx = BuildContext {
-        tenant,
-        tenant_id: id,
-        namespace: namespace_name(id, settings),
-        settings,
-    };
-    let config_map = config_map::desired_config_map(&ctx)?;
-    Ok(TenantObjects {
-        namespace: namespace::desired_namespace(&ctx),
-        service_account: service_account::desired_service_account(&ctx),
-        role_binding: rbac::desired_role_binding(&ctx),
-        network_policy: network_policy::desired_network_policy(&ctx),
-        resource_quota: quota::desired_resource_quota(&ctx),
-        limit_range: quota::desired_limit_range(&ctx),
-        service: service::desired_service(&ctx),
-        deployment: deployment::desired_deployment(&ctx, &config_map),
-        config_map,
+    Ok(ValidTenant {
+        ctx: BuildContext {
+            tenant,
+            tenant_id: id,
+            namespace: namespace_name(id, settings),
+            settings,
+        },
     })
+}
+
+impl ValidTenant<'_> {
+    /// The tenant id (the Tenant's name).
+    pub fn id(&self) -> &str {
+        self.ctx.tenant_id
+    }
+
+    /// The tenant namespace.
+    pub fn namespace(&self) -> &str {
+        &self.ctx.namespace
+    }
+
+    /// The in-cluster URL of the tenant's MCP endpoint.
+    pub fn endpoint(&self) -> String {
+        endpoint(self.ctx.tenant_id, self.ctx.settings)
+    }
+
+    /// Builds every child object.
+    ///
+    /// Children carry both labels of [`crate::labels::child_labels`] and,
+    /// when the Tenant has a uid (it was read from the API server), an
+    /// ownerReference to it with `controller` and `blockOwnerDeletion` set.
+    /// `Err` only when the server configuration cannot be written as YAML.
+    pub fn build(&self) -> Result<TenantObjects, InvalidTenant> {
+        let ctx = &self.ctx;
+        let config_map = config_map::desired_config_map(ctx)?;
+        Ok(TenantObjects {
+            namespace: namespace::desired_namespace(ctx),
+            service_account: service_account::desired_service_account(ctx),
+            role_binding: rbac::desired_role_binding(ctx),
+            network_policy: network_policy::desired_network_policy(ctx),
+            resource_quota: quota::desired_resource_quota(ctx),
+            limit_range: quota::desired_limit_range(ctx),
+            service: service::desired_service(ctx),
+            deployment: deployment::desired_deployment(ctx, &config_map),
+            config_map,
+        })
+    }
+}
+
+/// Validates the Tenant and builds every child object ([`validate`], then
+/// [`ValidTenant::build`]).
+pub fn desired_objects(
+    tenant: &Tenant,
+    settings: &OperatorSettings,
+) -> Result<TenantObjects, InvalidTenant> {
+    validate(tenant, settings)?.build()
 }
 
 /// A spec range that lies inside a cluster range (but is not that range)
