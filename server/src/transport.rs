@@ -28,9 +28,10 @@ use url::Url;
 use crate::api_keys::{ApiKeyStore, AuthFailure};
 use crate::audit::{AuditLog, AuditRecord, Outcome, digest_arguments};
 use crate::handler::TenantServer;
-use crate::identity::{CallContext, CallerId, TenantId, ToolOutcome, ToolReport};
+use crate::identity::{CallContext, CallerId, TenantId};
 use crate::metrics::{AuthLabels, Metrics, RateLimitLabels, RequestLabels, method_label};
 use crate::rate_limit::{RateLimits, retry_after_seconds};
+use crate::tools::{ToolOutcome, ToolReport};
 
 /// Caller id used with `--insecure-no-auth`.
 pub const ANONYMOUS_CALLER: &str = "anonymous";
