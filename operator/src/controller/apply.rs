@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 use std::fmt::Debug;
 
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -96,6 +96,18 @@ where
     api.get_opt(name)
         .await
         .map_err(|e| Error::kube(format!("read {} {name}", kind_of::<K>()), e))
+}
+
+/// Lists the objects of kind `K` that carry the labels of `selector`;
+/// `purpose` ends the error message (`list Deployment <purpose> failed`).
+pub async fn list_labelled<K>(api: &Api<K>, selector: &str, purpose: &str) -> Result<Vec<K>>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    api.list(&ListParams::default().labels(selector))
+        .await
+        .map(|list| list.items)
+        .map_err(|e| Error::kube(format!("list {} {purpose}", kind_of::<K>()), e))
 }
 
 /// Whether `object` belongs to the Tenant with `tenant_uid`: it names the

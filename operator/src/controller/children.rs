@@ -7,10 +7,12 @@
 use std::any::Any;
 
 use futures::future::BoxFuture;
-use kube::api::{DeleteParams, ListParams};
+use kube::api::DeleteParams;
 use kube::{Client, ResourceExt};
 
-use super::apply::{child_name, ensure_child, is_owned_by, read_child, tenant_selector};
+use super::apply::{
+    child_name, ensure_child, is_owned_by, list_labelled, read_child, tenant_selector,
+};
 use super::error::{Error, Result};
 use crate::desired::TenantObjects;
 use crate::desired::children::{ChildKind, ChildScope, ChildVisitor, child_api, kind_of};
@@ -183,12 +185,9 @@ impl<'a> TenantChildren<'a> {
         let namespace = self.namespace;
         let api = child_api::<K>(self.client, namespace);
         let kind = kind_of::<K>();
-        let live = api
-            .list(&ListParams::default().labels(selector))
-            .await
-            .map_err(|e| Error::kube(format!("list {kind} in {namespace}"), e))?;
+        let live = list_labelled(&api, selector, &format!("in {namespace}")).await?;
         let mut deleted = Vec::new();
-        for object in live.items {
+        for object in live {
             let name = object.name_any();
             if name == wanted.name_any()
                 || !is_owned_by(&object, self.tenant_uid)

@@ -24,12 +24,12 @@ use bulkhead_crds::Tenant;
 use bulkhead_crds::tenant::DeletionPolicy;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::apply::{is_owned_by, tenant_selector};
+use super::apply::{is_owned_by, list_labelled, tenant_selector};
 use super::children::{Step, run_in_order};
 use super::error::{Error, Result};
 use crate::desired::TenantObjects;
@@ -189,12 +189,9 @@ async fn release_in<K: ChildKind>(
     tenant_uid: &str,
 ) -> Result<Vec<String>> {
     let kind = kind_of::<K>();
-    let objects = api
-        .list(&ListParams::default().labels(selector))
-        .await
-        .map_err(|e| Error::kube(format!("list {kind} to release"), e))?;
+    let objects = list_labelled(api, selector, "to release").await?;
     let mut released = Vec::new();
-    for object in objects.items.iter().filter(|o| is_owned_by(*o, tenant_uid)) {
+    for object in objects.iter().filter(|o| is_owned_by(*o, tenant_uid)) {
         let name = object.name_any();
         let remaining: Vec<_> = object
             .owner_references()
