@@ -5,6 +5,7 @@
 //! objects out); [`render`] prints them without a cluster, and
 //! [`controller`] applies them.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod controller;
 pub mod desired;

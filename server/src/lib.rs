@@ -15,6 +15,7 @@
 //! in front of the [`handler`], whose [`tools`] are served by
 //! [`connectors`], and [`admin`] serves health, readiness and metrics.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod admin;
 pub mod api_keys;
