@@ -5,6 +5,7 @@
 //! configuration and names the Secrets, the server reads them. Keeping both
 //! sides on one definition means they cannot drift apart.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod cidr;
 pub mod server_config;

@@ -70,14 +70,27 @@ pub enum SecretSource {
     /// A Secret in the cluster, read with the pod's own ServiceAccount
     /// (get and watch of that one Secret only).
     #[serde(rename_all = "camelCase")]
-    KubernetesSecret { namespace: String, name: String },
+    KubernetesSecret {
+        /// Namespace of the Secret (the tenant namespace).
+        namespace: String,
+        /// Name of the Secret.
+        name: String,
+    },
     /// A local file (API keys: a YAML map of caller id to key hash;
     /// credentials: a YAML map of key to value).
     #[serde(rename_all = "camelCase")]
-    File { path: String },
+    File {
+        /// Path of the file; relative paths are relative to the
+        /// configuration file's directory.
+        path: String,
+    },
     /// A local directory with one file per key, as a mounted Secret looks.
     #[serde(rename_all = "camelCase")]
-    Directory { path: String },
+    Directory {
+        /// Path of the directory; relative paths are relative to the
+        /// configuration file's directory.
+        path: String,
+    },
 }
 
 /// A credential the server may use: its name (which connectors refer to) and
@@ -85,7 +98,9 @@ pub enum SecretSource {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CredentialKey {
+    /// The credential's name, as `connectors[].credential` refers to it.
     pub name: String,
+    /// The key in the credential source that holds the value.
     pub key: String,
 }
 
@@ -95,6 +110,7 @@ pub struct CredentialKey {
 pub struct ConnectorConfig {
     /// Connector name; tool names are derived from it.
     pub name: String,
+    /// Which connector implementation serves it (`github` or `http`).
     #[serde(rename = "type")]
     pub connector_type: ConnectorType,
     /// The only base URL this connector calls.

@@ -1,15 +1,14 @@
 //! `bulkhead-operator`: `run` the controller, print the `crd`, or `render`
-//! the objects of a Tenant file.
+//! the objects of a Tenant file. Parses the command line and dispatches;
+//! the work is in the library.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bulkhead_crds::Tenant;
-use bulkhead_operator::controller::RunOptions;
-use bulkhead_operator::render::{RenderError, render_tenant};
+use bulkhead_operator::controller::run::{self, RunOptions};
+use bulkhead_operator::render;
 use bulkhead_operator::settings::OperatorSettings;
 use clap::{Parser, Subcommand};
-use kube::CustomResourceExt;
 
 /// Gives every Tenant its own namespace-isolated MCP server.
 #[derive(Debug, Parser)]
@@ -41,14 +40,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Run { settings, options } => run_controller(settings, options),
-        Command::Crd => yaml_serde::to_string(&Tenant::crd())
-            .map(|yaml| print!("{yaml}"))
-            .map_err(|e| format!("cannot write the CRD as YAML: {e}")),
+    let result = match Cli::parse().command {
+        Command::Run { settings, options } => run::run_blocking(settings, options),
+        Command::Crd => render::crd_yaml().map(|yaml| print!("{yaml}")),
         Command::Render { file, settings } => {
-            render_file(&file, &settings).map(|yaml| print!("{yaml}"))
+            render::render_file(&file, &settings).map(|yaml| print!("{yaml}"))
         }
     };
     match result {
@@ -58,31 +54,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn run_controller(settings: OperatorSettings, options: RunOptions) -> Result<(), String> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    runtime
-        .block_on(bulkhead_operator::controller::run(settings, options))
-        .map_err(|e| format!("{e:#}"))
-}
-
-fn render_file(file: &Path, settings: &OperatorSettings) -> Result<String, String> {
-    let yaml = if file.as_os_str() == "-" {
-        std::io::read_to_string(std::io::stdin())
-            .map_err(|e| format!("cannot read standard input: {e}"))?
-    } else {
-        std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?
-    };
-    render_tenant(&yaml, settings).map_err(|e| match e {
-        // One line per field, so a person can work down the list.
-        RenderError::Invalid(invalid) => {
-            let lines: Vec<String> = invalid.errors.iter().map(|e| format!("  - {e}")).collect();
-            format!("{}: invalid Tenant:\n{}", file.display(), lines.join("\n"))
-        }
-        other => format!("{}: {other}", file.display()),
-    })
 }

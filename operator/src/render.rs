@@ -1,10 +1,12 @@
 //! `bulkhead-operator render`: the objects the controller would apply for a
 //! Tenant, as multi-document YAML, without a cluster.
 
-use bulkhead_crds::{InvalidTenant, Tenant};
-use kube::Resource;
+use std::path::Path;
 
-use crate::build::{TenantObjects, desired_objects};
+use bulkhead_crds::{InvalidTenant, Tenant};
+use kube::{CustomResourceExt, Resource};
+
+use crate::desired::{TenantObjects, desired_objects};
 use crate::settings::OperatorSettings;
 
 /// Why a Tenant document could not be rendered.
@@ -137,4 +139,28 @@ pub fn to_yaml_documents(objects: &TenantObjects) -> Result<String, RenderError>
 pub fn render_tenant(yaml: &str, settings: &OperatorSettings) -> Result<String, RenderError> {
     let tenant = parse_tenant(yaml)?;
     to_yaml_documents(&desired_objects(&tenant, settings)?)
+}
+
+/// The Tenant CustomResourceDefinition as YAML.
+pub fn crd_yaml() -> Result<String, String> {
+    yaml_serde::to_string(&Tenant::crd()).map_err(|e| format!("cannot write the CRD as YAML: {e}"))
+}
+
+/// Renders the Tenant in `file` (`-` for standard input) as multi-document
+/// YAML; the error is a message for a person, one line per invalid field.
+pub fn render_file(file: &Path, settings: &OperatorSettings) -> Result<String, String> {
+    let yaml = if file.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+            .map_err(|e| format!("cannot read standard input: {e}"))?
+    } else {
+        std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?
+    };
+    render_tenant(&yaml, settings).map_err(|e| match e {
+        // One line per field, so a person can work down the list.
+        RenderError::Invalid(invalid) => {
+            let lines: Vec<String> = invalid.errors.iter().map(|e| format!("  - {e}")).collect();
+            format!("{}: invalid Tenant:\n{}", file.display(), lines.join("\n"))
+        }
+        other => format!("{}: {other}", file.display()),
+    })
 }

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use bulkhead_operator::build::{TenantObjects, desired_objects};
+use bulkhead_operator::desired::{TenantObjects, desired_objects};
 use bulkhead_operator::render::parse_tenant;
 use bulkhead_operator::settings::OperatorSettings;
 use kube_cel::{

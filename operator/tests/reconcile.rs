@@ -7,11 +7,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bulkhead_crds::Tenant;
-use bulkhead_operator::build::deployment::DEPLOYMENT_NAME;
-use bulkhead_operator::build::network_policy::NETWORK_POLICY_NAME;
 use bulkhead_operator::controller::deletion::RETAIN_FINALIZER;
 use bulkhead_operator::controller::error_policy;
 use bulkhead_operator::controller::reconcile::{CONFLICT_RECHECK, RESYNC};
+use bulkhead_operator::desired::deployment::DEPLOYMENT_NAME;
+use bulkhead_operator::desired::network_policy::NETWORK_POLICY_NAME;
 use bulkhead_operator::labels::{MANAGED_BY_LABEL, TENANT_LABEL};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use bulkhead_operator::build::{SECRET_READER_CLUSTER_ROLE, desired_objects};
+use bulkhead_operator::desired::{SECRET_READER_CLUSTER_ROLE, desired_objects};
 use bulkhead_operator::render::parse_tenant;
 use bulkhead_operator::settings::OperatorSettings;
 use serde_json::Value;

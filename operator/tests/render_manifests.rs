@@ -5,8 +5,8 @@
 use std::path::PathBuf;
 
 use bulkhead_crds::server_config::{API_KEYS_SECRET_NAME, CREDENTIALS_SECRET_NAME};
-use bulkhead_operator::build::service_account::SERVICE_ACCOUNT_NAME;
-use bulkhead_operator::build::{SECRET_READER_CLUSTER_ROLE, desired_objects};
+use bulkhead_operator::desired::names::SERVICE_ACCOUNT_NAME;
+use bulkhead_operator::desired::{SECRET_READER_CLUSTER_ROLE, desired_objects};
 use bulkhead_operator::render::parse_tenant;
 use bulkhead_operator::render::render_tenant;
 use bulkhead_operator::settings::OperatorSettings;

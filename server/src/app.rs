@@ -1,8 +1,11 @@
-//! Wiring: configuration, secret sources, tools, listeners, and an orderly
-//! shutdown.
+//! The server as a library: [`Server::new`] wires configuration, secret
+//! sources, limits, tools and audit; [`Server::router`] is the MCP router;
+//! [`Server::run`] binds, serves and drains on shutdown.
 
+use std::fmt::Debug;
+use std::io::Write;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -11,11 +14,12 @@ use axum::serve::ListenerExt;
 use bulkhead_crds::server_config::{SecretSource, ServerConfig};
 use rmcp::transport::streamable_http_server::StreamableHttpServerConfig;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio::task::JoinHandle;
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::admin::{AdminState, Readiness};
 use crate::api_keys::ApiKeyStore;
-use crate::audit::AuditLog;
+use crate::audit::{AuditLog, AuditWriter};
 use crate::cli::ServeOptions;
 use crate::config::{self, ConfigError};
 use crate::connectors::upstream::{UpstreamSetupError, install_crypto_provider};
@@ -23,11 +27,12 @@ use crate::credentials::{CredentialStore, SourceCredentialProvider};
 use crate::handler::TenantServer;
 use crate::identity::TenantId;
 use crate::metrics::Metrics;
+use crate::origin_policy::OriginPolicy;
 use crate::rate_limit::RateLimits;
 use crate::response_cache::ResponseCache;
 use crate::secret_source::SecretLocation;
 use crate::tools::{ToolCatalog, ToolServices};
-use crate::transport::{self, McpEndpoint, OriginPolicy};
+use crate::transport::{self, McpEndpoint, McpService};
 
 /// Entries the response cache holds at most (each at most
 /// [`crate::tools::MAX_CACHED_BODY_BYTES`], so at most 16 MiB in all).
@@ -82,10 +87,177 @@ fn uses_kubernetes(config: &ServerConfig) -> bool {
         .any(|s| matches!(s, SecretSource::KubernetesSecret { .. }))
 }
 
+/// One tenant's server, wired and not yet listening: configuration, API
+/// keys, credentials, rate limits, tools and audit.
+///
+/// [`Server::router`] serves `/mcp` in-process (tests drive it with
+/// `tower::ServiceExt::oneshot`); [`Server::run`] binds the listeners,
+/// serves until SIGTERM or SIGINT, and drains.
+pub struct Server {
+    options: ServeOptions,
+    tenant: TenantId,
+    endpoint: Arc<McpEndpoint>,
+    admin: Arc<AdminState>,
+    audit_writer: AuditWriter,
+    /// Ends in-flight MCP requests after the grace period.
+    mcp_cancel: CancellationToken,
+    /// Stops the background tasks and the admin listener, also when the
+    /// server is dropped without running.
+    shutdown: DropGuard,
+}
+
+impl Server {
+    /// Wires the server with audit lines on standard output.
+    ///
+    /// Starts the background tasks that follow the key and credential
+    /// sources, so it must run inside a Tokio runtime.
+    pub async fn new(options: ServeOptions) -> Result<Self, StartError> {
+        Self::with_audit(options, std::io::stdout()).await
+    }
+
+    /// Wires the server with audit lines written to `audit_out`.
+    pub async fn with_audit<W>(options: ServeOptions, audit_out: W) -> Result<Self, StartError>
+    where
+        W: Write + Send + 'static,
+    {
+        install_crypto_provider();
+        let config = config::load(&options.config)?;
+        check_insecure_no_auth(&options)?;
+        let client = kubernetes_client(&config).await?;
+        let shutdown = CancellationToken::new();
+        let tenant = TenantId::new(&config.tenant_id);
+        let metrics = Arc::new(Metrics::default());
+        let (audit, audit_writer) = AuditLog::start(audit_out).map_err(StartError::AuditWriter)?;
+        let poll = Duration::from_secs(options.secret_poll_seconds.max(1));
+        let keys = (!options.insecure_no_auth).then(|| {
+            ApiKeyStore::follow(
+                SecretLocation::new(config.api_keys.clone(), client.clone())
+                    .watch(poll, shutdown.clone()),
+            )
+        });
+        let credentials = CredentialStore::new(
+            tenant.clone(),
+            &config.credential_keys,
+            Arc::new(SourceCredentialProvider::new(SecretLocation::new(
+                config.credentials.clone(),
+                client,
+            ))),
+            Duration::from_secs(config.credential_ttl_seconds),
+        );
+        let readiness = Arc::new(Readiness {
+            keys: keys.clone(),
+            ..Readiness::default()
+        });
+        spawn_credential_check(
+            credentials.clone(),
+            readiness.clone(),
+            poll,
+            shutdown.clone(),
+        );
+        let rate_limits = Arc::new(RateLimits::new(&config.rate_limits));
+        spawn_limiter_cleanup(rate_limits.clone(), shutdown.clone());
+        let handler = TenantServer::new(
+            Arc::new(ToolCatalog::new(&config)?),
+            ToolServices {
+                credentials,
+                cache: ResponseCache::new(
+                    Duration::from_secs(options.response_cache_seconds),
+                    RESPONSE_CACHE_ENTRIES,
+                ),
+                metrics: metrics.clone(),
+            },
+            rate_limits.clone(),
+            metrics.clone(),
+        );
+        let mcp_cancel = CancellationToken::new();
+        let endpoint = Arc::new(McpEndpoint {
+            tenant: tenant.clone(),
+            keys,
+            rate_limits,
+            metrics: metrics.clone(),
+            audit,
+            origin_policy: OriginPolicy::new(&config.allowed_hosts, &config.allowed_origins),
+            max_body_bytes: config.limits.max_body_bytes,
+            request_timeout: Duration::from_secs(config.limits.request_timeout_seconds),
+            mcp: mcp_service(&config, handler, mcp_cancel.clone()),
+        });
+        Ok(Self {
+            options,
+            tenant,
+            endpoint,
+            admin: Arc::new(AdminState { readiness, metrics }),
+            audit_writer,
+            mcp_cancel,
+            shutdown: shutdown.drop_guard(),
+        })
+    }
+
+    /// The MCP router (`/mcp`).
+    pub fn router(&self) -> axum::Router {
+        transport::router(self.endpoint.clone())
+    }
+
+    /// The admin router (`/healthz`, `/readyz`, `/metrics`).
+    pub fn admin_router(&self) -> axum::Router {
+        crate::admin::router(self.admin.clone())
+    }
+
+    /// Binds both listeners, serves until SIGTERM or SIGINT, then stops
+    /// accepting, waits up to the grace period for in-flight requests and
+    /// flushes the audit trail.
+    pub async fn run(self) -> Result<(), StartError> {
+        let mcp_listener = bind(self.options.listen).await?;
+        let admin_listener = bind(self.options.admin_listen).await?;
+        let mcp_addr = mcp_listener.local_addr().map_err(StartError::Serve)?;
+        let admin_addr = admin_listener.local_addr().map_err(StartError::Serve)?;
+        if let Some(path) = &self.options.ready_file {
+            write_ready_file(path, mcp_addr, admin_addr)?;
+        }
+        tracing::info!(tenant = %self.tenant, mcp = %format!("http://{mcp_addr}/mcp"), admin = %admin_addr, "serving");
+        let stop_accepting = CancellationToken::new();
+        // TCP_NODELAY: without it small responses wait for delayed ACKs
+        // (about 40 ms each).
+        let mcp_listener = mcp_listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let mcp_server = serve(mcp_listener, self.router(), stop_accepting.clone());
+        let admin_server = serve(
+            admin_listener,
+            self.admin_router(),
+            self.shutdown.token().clone(),
+        );
+        wait_for_signal().await;
+        tracing::info!("shutting down: no new connections, waiting for in-flight requests");
+        self.admin.readiness.draining.store(true, Ordering::Release);
+        stop_accepting.cancel();
+        let grace = Duration::from_secs(self.options.shutdown_grace_seconds);
+        match tokio::time::timeout(grace, mcp_server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => tracing::error!(%error, "MCP listener failed"),
+            Ok(Err(error)) => tracing::error!(%error, "MCP listener task failed"),
+            Err(_) => tracing::warn!(
+                seconds = grace.as_secs(),
+                "in-flight requests did not finish within the grace period; cancelling them"
+            ),
+        }
+        self.mcp_cancel.cancel();
+        drop(self.shutdown);
+        if let Ok(Err(error)) = admin_server.await {
+            tracing::error!(%error, "admin listener failed");
+        }
+        self.audit_writer.finish().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
 /// Runs the server until SIGTERM or SIGINT.
 pub async fn run(options: ServeOptions) -> Result<(), StartError> {
-    install_crypto_provider();
-    let config = config::load(&options.config)?;
+    Server::new(options).await?.run().await
+}
+
+/// `--insecure-no-auth` only on loopback, and loudly.
+fn check_insecure_no_auth(options: &ServeOptions) -> Result<(), StartError> {
     if options.insecure_no_auth {
         if !options.listen.ip().is_loopback() {
             return Err(StartError::InsecureNotLoopback(options.listen));
@@ -94,65 +266,27 @@ pub async fn run(options: ServeOptions) -> Result<(), StartError> {
             "INSECURE: --insecure-no-auth is set. Every request is accepted without an API key as caller \"anonymous\". Local development only."
         );
     }
-    let client = if uses_kubernetes(&config) {
-        Some(
-            kube::Client::try_default()
-                .await
-                .map_err(StartError::Kubernetes)?,
-        )
-    } else {
-        None
-    };
-    let shutdown = CancellationToken::new();
-    let tenant = TenantId::new(&config.tenant_id);
-    let metrics = Arc::new(Metrics::default());
-    let (audit, audit_writer) =
-        AuditLog::start(std::io::stdout()).map_err(StartError::AuditWriter)?;
-    let poll = Duration::from_secs(options.secret_poll_seconds.max(1));
+    Ok(())
+}
 
-    let keys = (!options.insecure_no_auth).then(|| {
-        ApiKeyStore::follow(
-            SecretLocation::new(config.api_keys.clone(), client.clone())
-                .watch(poll, shutdown.clone()),
-        )
-    });
-    let credentials = CredentialStore::new(
-        tenant.clone(),
-        &config.credential_keys,
-        Arc::new(SourceCredentialProvider::new(SecretLocation::new(
-            config.credentials.clone(),
-            client.clone(),
-        ))),
-        Duration::from_secs(config.credential_ttl_seconds),
-    );
-    let readiness = Arc::new(Readiness {
-        keys: keys.clone(),
-        ..Readiness::default()
-    });
-    spawn_credential_check(
-        credentials.clone(),
-        readiness.clone(),
-        poll,
-        shutdown.clone(),
-    );
+/// A Kubernetes client, only when a Secret source needs one.
+async fn kubernetes_client(config: &ServerConfig) -> Result<Option<kube::Client>, StartError> {
+    if !uses_kubernetes(config) {
+        return Ok(None);
+    }
+    kube::Client::try_default()
+        .await
+        .map(Some)
+        .map_err(StartError::Kubernetes)
+}
 
-    let rate_limits = Arc::new(RateLimits::new(&config.rate_limits));
-    spawn_limiter_cleanup(rate_limits.clone(), shutdown.clone());
-    let catalog = Arc::new(ToolCatalog::new(&config)?);
-    let handler = TenantServer::new(
-        catalog,
-        ToolServices {
-            credentials,
-            cache: ResponseCache::new(
-                Duration::from_secs(options.response_cache_seconds),
-                RESPONSE_CACHE_ENTRIES,
-            ),
-            metrics: metrics.clone(),
-        },
-        rate_limits.clone(),
-        metrics.clone(),
-    );
-    let mcp_cancel = CancellationToken::new();
+/// rmcp's stateless Streamable HTTP service over `handler`, with the same
+/// Host/Origin lists and body limit as the gates in front of it.
+fn mcp_service(
+    config: &ServerConfig,
+    handler: TenantServer,
+    cancel: CancellationToken,
+) -> McpService {
     let mcp_config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
@@ -161,83 +295,35 @@ pub async fn run(options: ServeOptions) -> Result<(), StartError> {
         .with_allowed_origins(config.allowed_origins.clone())
         .enforce_origin_validation()
         .with_max_request_body_bytes(config.limits.max_body_bytes)
-        .with_cancellation_token(mcp_cancel.clone());
-    let mcp = transport::McpService::new(move || Ok(handler.clone()), Arc::default(), mcp_config);
-    let endpoint = Arc::new(McpEndpoint {
-        tenant: tenant.clone(),
-        keys,
-        rate_limits,
-        metrics: metrics.clone(),
-        audit,
-        origin_policy: OriginPolicy::new(&config.allowed_hosts, &config.allowed_origins),
-        max_body_bytes: config.limits.max_body_bytes,
-        request_timeout: Duration::from_secs(config.limits.request_timeout_seconds),
-        mcp,
-    });
+        .with_cancellation_token(cancel);
+    McpService::new(move || Ok(handler.clone()), Arc::default(), mcp_config)
+}
 
-    let mcp_listener = bind(options.listen).await?;
-    let admin_listener = bind(options.admin_listen).await?;
-    let mcp_addr = mcp_listener.local_addr().map_err(StartError::Serve)?;
-    let admin_addr = admin_listener.local_addr().map_err(StartError::Serve)?;
-    if let Some(path) = &options.ready_file {
-        let text =
-            serde_json::json!({"mcp": mcp_addr.to_string(), "admin": admin_addr.to_string()});
-        std::fs::write(path, text.to_string()).map_err(|source| StartError::ReadyFile {
-            path: path.clone(),
-            source,
-        })?;
-    }
-    tracing::info!(tenant = %tenant, mcp = %format!("http://{mcp_addr}/mcp"), admin = %admin_addr, "serving");
+/// Writes the bound addresses as JSON (`{"mcp": .., "admin": ..}`), for
+/// tests and tools that listen on port 0.
+fn write_ready_file(path: &Path, mcp: SocketAddr, admin: SocketAddr) -> Result<(), StartError> {
+    let text = serde_json::json!({"mcp": mcp.to_string(), "admin": admin.to_string()});
+    std::fs::write(path, text.to_string()).map_err(|source| StartError::ReadyFile {
+        path: path.to_owned(),
+        source,
+    })
+}
 
-    let stop_accepting = CancellationToken::new();
-    let mcp_server = {
-        let stop = stop_accepting.clone();
-        // TCP_NODELAY: without it small responses wait for delayed ACKs
-        // (about 40 ms each).
-        let listener = mcp_listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        tokio::spawn(
-            axum::serve(listener, transport::router(endpoint))
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .into_future(),
-        )
-    };
-    let admin_server = {
-        let stop = shutdown.clone();
-        let state = Arc::new(AdminState {
-            readiness: readiness.clone(),
-            metrics,
-        });
-        tokio::spawn(
-            axum::serve(admin_listener, crate::admin::router(state))
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .into_future(),
-        )
-    };
-
-    wait_for_signal().await;
-    tracing::info!("shutting down: no new connections, waiting for in-flight requests");
-    readiness.draining.store(true, Ordering::Release);
-    stop_accepting.cancel();
-    let grace = Duration::from_secs(options.shutdown_grace_seconds);
-    match tokio::time::timeout(grace, mcp_server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(error))) => tracing::error!(%error, "MCP listener failed"),
-        Ok(Err(error)) => tracing::error!(%error, "MCP listener task failed"),
-        Err(_) => tracing::warn!(
-            seconds = grace.as_secs(),
-            "in-flight requests did not finish within the grace period; cancelling them"
-        ),
-    }
-    mcp_cancel.cancel();
-    shutdown.cancel();
-    if let Ok(Err(error)) = admin_server.await {
-        tracing::error!(%error, "admin listener failed");
-    }
-    audit_writer.finish().await;
-    tracing::info!("stopped");
-    Ok(())
+/// Serves `router` on `listener` until `stop` fires, letting open requests finish.
+fn serve<L>(
+    listener: L,
+    router: axum::Router,
+    stop: CancellationToken,
+) -> JoinHandle<std::io::Result<()>>
+where
+    L: axum::serve::Listener,
+    L::Addr: Debug,
+{
+    tokio::spawn(
+        axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .into_future(),
+    )
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

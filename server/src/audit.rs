@@ -19,6 +19,8 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use crate::tools::ToolOutcome;
+
 /// How a request ended, as recorded in the audit line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -198,6 +200,17 @@ fn write_record<W: Write>(out: &mut W, line: &mut Vec<u8>, record: &AuditRecord)
 fn flush<W: Write>(out: &mut W) {
     if let Err(error) = out.flush() {
         tracing::error!(%error, "cannot flush audit stream");
+    }
+}
+
+impl From<ToolOutcome> for Outcome {
+    fn from(outcome: ToolOutcome) -> Self {
+        match outcome {
+            ToolOutcome::Ok => Self::Ok,
+            ToolOutcome::ToolError => Self::ToolError,
+            ToolOutcome::UpstreamError => Self::UpstreamError,
+            ToolOutcome::RateLimited => Self::RateLimited,
+        }
     }
 }
 

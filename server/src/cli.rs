@@ -1,7 +1,10 @@
-//! Command-line interface of `bulkhead-server`.
+//! Command-line interface of `bulkhead-server`: the flags, and what each
+//! command does ([`serve`], [`keygen`]), so `main.rs` only parses and
+//! dispatches.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -76,4 +79,66 @@ pub struct ServeOptions {
     /// Format of the diagnostic log on stderr (stdout carries the audit).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// Serving (no subcommand): logging to stderr, a multi-threaded runtime,
+/// and [`crate::app::run`] until SIGTERM or SIGINT.
+pub fn serve(options: ServeOptions) -> ExitCode {
+    init_logging(options.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::app::run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "bulkhead-server cannot start");
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `bulkhead-server keygen`: prints a new API key for `caller` and how to
+/// install it (exit code 2 for an invalid caller id).
+pub fn keygen(caller: &str, namespace: Option<&str>) -> ExitCode {
+    if !crate::identity::is_valid_caller_id(caller) {
+        eprintln!(
+            "error: caller id {caller:?} must be 1-253 characters of letters, digits, '-', '_' and '.'"
+        );
+        return ExitCode::from(2);
+    }
+    match crate::api_keys::generate_api_key() {
+        Ok(key) => {
+            print!(
+                "{}",
+                crate::api_keys::keygen_instructions(caller, &key, namespace)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: cannot make an API key: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    // Diagnostics go to stderr: stdout is the audit stream. rmcp logs every
+    // stateless request at info; keep it to warnings by default.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
 }

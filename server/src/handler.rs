@@ -13,10 +13,10 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 
-use crate::identity::{CallContext, ToolOutcome};
+use crate::identity::CallContext;
 use crate::metrics::{Metrics, RateLimitLabels, ToolLabels};
 use crate::rate_limit::{RateLimits, retry_after_seconds};
-use crate::tools::{ToolCall, ToolCatalog, ToolServices};
+use crate::tools::{ToolCall, ToolCatalog, ToolOutcome, ToolServices};
 
 /// The handler shared by all requests (rmcp makes one per request in
 /// stateless mode; cloning is a reference count).

@@ -7,6 +7,8 @@
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+use crate::tools::{ToolOutcome, ToolReport};
+
 /// The tenant this process serves, as named in the configuration.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TenantId(Arc<str>);
@@ -56,30 +58,6 @@ impl fmt::Display for CallerId {
 /// API-key Secret, so the rule is the Secret data key rule.
 pub fn is_valid_caller_id(id: &str) -> bool {
     bulkhead_crds::validation::is_secret_key(id)
-}
-
-/// How a tool call ended, as the handler reports it back to the transport
-/// layer for the audit line and the metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ToolOutcome {
-    /// The tool returned a result.
-    Ok,
-    /// The tool refused the input or the call was not allowed.
-    ToolError,
-    /// The upstream failed (5xx, timeout, unreachable, redirect).
-    UpstreamError,
-    /// The caller's budget for this tool is used up.
-    RateLimited,
-}
-
-/// What the handler learnt about a tool call.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ToolReport {
-    /// How the call ended; `None` if the request was not a tool call or never
-    /// reached a tool.
-    pub outcome: Option<ToolOutcome>,
-    /// HTTP status the upstream answered with, if it was called.
-    pub upstream_status: Option<u16>,
 }
 
 /// The verified context of one MCP request, put into the HTTP request's

@@ -6,13 +6,16 @@
 //! limits are keyed by tenant and caller, and secrets never reach logs,
 //! metrics, errors or tool results.
 //!
-//! The binary (`main.rs`) only parses flags; [`app::run`] wires the pieces:
-//! [`config`] loads the [`bulkhead_crds::server_config::ServerConfig`],
-//! [`api_keys`] and [`credentials`] read the tenant's Secrets through
-//! [`secret_source`], [`transport`] serves MCP over Streamable HTTP with the
-//! security layers in front of the [`handler`], and [`admin`] serves health,
-//! readiness and metrics.
+//! The binary (`main.rs`) only parses flags; [`app::Server`] wires the
+//! pieces: [`config`] loads the
+//! [`bulkhead_crds::server_config::ServerConfig`], [`api_keys`] and
+//! [`credentials`] read the tenant's Secrets through [`secret_source`],
+//! [`transport`] serves MCP over Streamable HTTP behind the gates
+//! ([`origin_policy`], API keys, limits; every refusal is a [`refusal`])
+//! in front of the [`handler`], whose [`tools`] are served by
+//! [`connectors`], and [`admin`] serves health, readiness and metrics.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod admin;
 pub mod api_keys;
@@ -25,7 +28,9 @@ pub mod credentials;
 pub mod handler;
 pub mod identity;
 pub mod metrics;
+pub mod origin_policy;
 pub mod rate_limit;
+pub mod refusal;
 pub mod response_cache;
 pub mod secret_source;
 pub mod tools;

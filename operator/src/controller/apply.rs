@@ -1,5 +1,5 @@
-//! Applying children with server-side apply, skipping those already in
-//! place, and pruning the ones the spec no longer wants.
+//! Applying one child with server-side apply, skipping it when already in
+//! place, and deciding whether an object belongs to a Tenant.
 //!
 //! Every write uses one field manager ([`FIELD_MANAGER`]) with `force`, so
 //! the operator owns exactly the fields it sets and wins conflicts over
@@ -8,18 +8,15 @@
 use std::collections::BTreeSet;
 use std::fmt::Debug;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, ResourceQuota, Service, ServiceAccount};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::RoleBinding;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
-use kube::{Api, Client, Resource, ResourceExt};
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
 use super::drift::is_semantic_subset;
 use super::error::{Error, Result};
+use crate::desired::children::kind_of;
 use crate::labels::{
     FIELD_MANAGER, MANAGED_BY_LABEL, MANAGED_BY_VALUE, TENANT_LABEL, TENANT_UID_ANNOTATION,
 };
@@ -31,16 +28,6 @@ pub struct Ensured<K> {
     pub object: K,
     /// True when the object was missing or drifted and had to be applied.
     pub written: bool,
-}
-
-/// Kind name of a child type, for messages and errors.
-pub fn kind_of<K: Resource<DynamicType = ()>>() -> String {
-    K::kind(&()).into_owned()
-}
-
-/// Kind name of a child object.
-pub fn kind_of_val<K: Resource<DynamicType = ()>>(_object: &K) -> String {
-    kind_of::<K>()
 }
 
 /// Applies `desired` unless `live` already carries every desired field and
@@ -111,13 +98,16 @@ where
         .map_err(|e| Error::kube(format!("read {} {name}", kind_of::<K>()), e))
 }
 
-/// Reads the child named like `desired` and applies it if needed.
-pub async fn read_and_ensure<K>(api: &Api<K>, desired: &K) -> Result<Ensured<K>>
+/// Lists the objects of kind `K` that carry the labels of `selector`;
+/// `purpose` ends the error message (`list Deployment <purpose> failed`).
+pub async fn list_labelled<K>(api: &Api<K>, selector: &str, purpose: &str) -> Result<Vec<K>>
 where
-    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
 {
-    let live = read_child(api, &child_name(desired)?).await?;
-    ensure_child(api, desired, live).await
+    api.list(&ListParams::default().labels(selector))
+        .await
+        .map(|list| list.items)
+        .map_err(|e| Error::kube(format!("list {} {purpose}", kind_of::<K>()), e))
 }
 
 /// Whether `object` belongs to the Tenant with `tenant_uid`: it names the
@@ -153,115 +143,8 @@ pub fn tenant_selector(tenant_id: &str) -> String {
     format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE},{TENANT_LABEL}={tenant_id}")
 }
 
-/// Names of the children one reconcile wants, by kind.
-#[derive(Debug, Default)]
-pub struct WantedNames {
-    /// `(kind, name)` of every namespaced child the spec wants.
-    pub names: BTreeSet<(String, String)>,
-}
-
-impl WantedNames {
-    /// Records that the spec wants `object`.
-    pub fn insert<K: Resource<DynamicType = ()>>(&mut self, object: &K) {
-        self.names.insert((kind_of::<K>(), object.name_any()));
-    }
-
-    fn wants<K: Resource<DynamicType = ()>>(&self, name: &str) -> bool {
-        self.names.contains(&(kind_of::<K>(), name.to_owned()))
-    }
-}
-
-/// Deletes this tenant's children the spec no longer wants, in `namespace`.
-///
-/// Only objects carrying both Bulkhead labels for this tenant AND an owner
-/// reference to this Tenant's UID are candidates, so an object someone else
-/// created (even one with copied labels) is never deleted. Kinds are swept
-/// in reverse apply order: the server goes before its policy and RBAC.
-/// Returns `kind/name` of every deleted object.
-pub async fn prune(
-    client: &Client,
-    namespace: &str,
-    tenant_id: &str,
-    tenant_uid: &str,
-    wanted: &WantedNames,
-) -> Result<Vec<String>> {
-    let sweep = Sweep {
-        client,
-        namespace,
-        selector: tenant_selector(tenant_id),
-        tenant_uid,
-        wanted,
-    };
-    let mut deleted = Vec::new();
-    sweep.kind::<Deployment>(&mut deleted).await?;
-    sweep.kind::<Service>(&mut deleted).await?;
-    sweep.kind::<ConfigMap>(&mut deleted).await?;
-    sweep.kind::<LimitRange>(&mut deleted).await?;
-    sweep.kind::<ResourceQuota>(&mut deleted).await?;
-    sweep.kind::<NetworkPolicy>(&mut deleted).await?;
-    sweep.kind::<RoleBinding>(&mut deleted).await?;
-    sweep.kind::<ServiceAccount>(&mut deleted).await?;
-    Ok(deleted)
-}
-
-/// One prune pass over one tenant namespace.
-struct Sweep<'a> {
-    client: &'a Client,
-    namespace: &'a str,
-    selector: String,
-    tenant_uid: &'a str,
-    wanted: &'a WantedNames,
-}
-
-impl Sweep<'_> {
-    /// Deletes the unwanted children of kind `K`, recording `kind/name`.
-    async fn kind<K>(&self, deleted: &mut Vec<String>) -> Result<()>
-    where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + DeserializeOwned
-            + Debug,
-    {
-        let namespace = self.namespace;
-        let api: Api<K> = Api::namespaced(self.client.clone(), namespace);
-        let kind = kind_of::<K>();
-        let live = api
-            .list(&ListParams::default().labels(&self.selector))
-            .await
-            .map_err(|e| Error::kube(format!("list {kind} in {namespace}"), e))?;
-        for object in live.items {
-            let name = object.name_any();
-            if self.wanted.wants::<K>(&name)
-                || !is_owned_by(&object, self.tenant_uid)
-                || !has_tenant_labels(&object, &self.selector)
-            {
-                continue;
-            }
-            match api.delete(&name, &DeleteParams::background()).await {
-                Ok(_) => deleted.push(format!("{kind}/{name}")),
-                // Already gone: the goal is reached.
-                Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(e) => {
-                    return Err(Error::kube(format!("delete {kind} {namespace}/{name}"), e));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Re-checks the selector's labels on the object itself, so a server (or
-/// test double) that ignored the selector can never widen what is deleted.
-fn has_tenant_labels(object: &impl Resource, selector: &str) -> bool {
-    let labels = object.labels();
-    selector.split(',').all(|requirement| {
-        requirement
-            .split_once('=')
-            .is_some_and(|(key, value)| labels.get(key).is_some_and(|v| v == value))
-    })
-}
-
-fn child_name<K: Resource<DynamicType = ()>>(object: &K) -> Result<String> {
+/// The name of a child the builders made; every builder names its object.
+pub fn child_name<K: Resource<DynamicType = ()>>(object: &K) -> Result<String> {
     object
         .meta()
         .name

@@ -2,7 +2,9 @@
 //!
 //! kube-runtime's `error_policy` is a plain function returning the next
 //! requeue; the state of how often a Tenant has failed in a row lives here,
-//! keyed by the Tenant's UID so one failing Tenant never slows another.
+//! keyed by the Tenant's name (Tenants are cluster-scoped, so the name is
+//! unique, and `error_policy` gets it even for a Tenant it cannot parse) so
+//! one failing Tenant never slows another.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

@@ -22,22 +22,19 @@ use std::fmt::Debug;
 
 use bulkhead_crds::Tenant;
 use bulkhead_crds::tenant::DeletionPolicy;
-use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, LimitRange, Namespace, ResourceQuota, Service, ServiceAccount,
-};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::apply::{is_owned_by, kind_of, tenant_selector};
+use super::apply::{is_owned_by, list_labelled, tenant_selector};
+use super::children::{Step, run_in_order};
 use super::error::{Error, Result};
-use crate::labels::{FIELD_MANAGER, TENANT_UID_ANNOTATION};
+use crate::desired::TenantObjects;
+use crate::desired::children::{ChildKind, KindVisitor, child_api, kind_of};
+use crate::labels::FIELD_MANAGER;
 
 /// Finalizer that holds a `deletionPolicy: Retain` Tenant until its children
 /// are released from it.
@@ -78,27 +75,34 @@ pub async fn release_children(
     tenant: &Tenant,
     tenant_namespace: &str,
 ) -> Result<Vec<String>> {
+    struct Release<'a> {
+        client: &'a Client,
+        namespace: &'a str,
+        selector: &'a str,
+        tenant_uid: &'a str,
+        steps: Vec<Step<'a, Vec<String>>>,
+    }
+    impl KindVisitor for Release<'_> {
+        fn visit<K: ChildKind>(&mut self) {
+            let api = child_api::<K>(self.client, self.namespace);
+            let (selector, tenant_uid) = (self.selector, self.tenant_uid);
+            self.steps.push(Box::pin(async move {
+                release_in(&api, selector, tenant_uid).await
+            }));
+        }
+    }
     let id = tenant.name_any();
     let uid = tenant.uid().unwrap_or_default();
     let selector = tenant_selector(&id);
-    let mut released = Vec::new();
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    release_in(&namespaces, &selector, &uid, &mut released).await?;
-    release_namespaced::<ServiceAccount>(client, tenant_namespace, &selector, &uid, &mut released)
-        .await?;
-    release_namespaced::<RoleBinding>(client, tenant_namespace, &selector, &uid, &mut released)
-        .await?;
-    release_namespaced::<NetworkPolicy>(client, tenant_namespace, &selector, &uid, &mut released)
-        .await?;
-    release_namespaced::<ResourceQuota>(client, tenant_namespace, &selector, &uid, &mut released)
-        .await?;
-    release_namespaced::<LimitRange>(client, tenant_namespace, &selector, &uid, &mut released)
-        .await?;
-    release_namespaced::<ConfigMap>(client, tenant_namespace, &selector, &uid, &mut released)
-        .await?;
-    release_namespaced::<Service>(client, tenant_namespace, &selector, &uid, &mut released).await?;
-    release_namespaced::<Deployment>(client, tenant_namespace, &selector, &uid, &mut released)
-        .await?;
+    let mut walk = Release {
+        client,
+        namespace: tenant_namespace,
+        selector: &selector,
+        tenant_uid: &uid,
+        steps: Vec::new(),
+    };
+    TenantObjects::visit_kinds(&mut walk);
+    let released = run_in_order(walk.steps).await?.concat();
     drop_retain_finalizer(client, tenant).await?;
     Ok(released)
 }
@@ -121,11 +125,8 @@ pub async fn reclaim_namespace(client: &Client, tenant: &Tenant, namespace: &str
     else {
         return Ok(());
     };
-    let ours = live
-        .annotations()
-        .get(TENANT_UID_ANNOTATION)
-        .is_some_and(|annotated| *annotated == uid);
-    if !ours || live.owner_references().iter().any(|o| o.uid == uid) {
+    // Only a namespace that belongs to this Tenant by its annotation alone.
+    if !is_owned_by(&live, &uid) || live.owner_references().iter().any(|o| o.uid == uid) {
         return Ok(());
     }
     let mut owners = live.owner_references().to_vec();
@@ -181,39 +182,16 @@ pub async fn drop_retain_finalizer(client: &Client, tenant: &Tenant) -> Result<(
     }
 }
 
-async fn release_namespaced<K>(
-    client: &Client,
-    namespace: &str,
-    selector: &str,
-    tenant_uid: &str,
-    released: &mut Vec<String>,
-) -> Result<()>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug,
-{
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    release_in(&api, selector, tenant_uid, released).await
-}
-
 /// Removes this Tenant's owner reference from every labelled object of one kind.
-async fn release_in<K>(
+async fn release_in<K: ChildKind>(
     api: &Api<K>,
     selector: &str,
     tenant_uid: &str,
-    released: &mut Vec<String>,
-) -> Result<()>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
-{
+) -> Result<Vec<String>> {
     let kind = kind_of::<K>();
-    let objects = api
-        .list(&ListParams::default().labels(selector))
-        .await
-        .map_err(|e| Error::kube(format!("list {kind} to release"), e))?;
-    for object in objects.items.iter().filter(|o| is_owned_by(*o, tenant_uid)) {
+    let objects = list_labelled(api, selector, "to release").await?;
+    let mut released = Vec::new();
+    for object in objects.iter().filter(|o| is_owned_by(*o, tenant_uid)) {
         let name = object.name_any();
         let remaining: Vec<_> = object
             .owner_references()
@@ -226,7 +204,7 @@ where
             .map_err(|e| Error::kube(format!("release {kind} {name} from its Tenant"), e))?;
         released.push(format!("{kind}/{name}"));
     }
-    Ok(())
+    Ok(released)
 }
 
 async fn patch_finalizers(

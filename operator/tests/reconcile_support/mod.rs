@@ -25,8 +25,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 
 use bulkhead_crds::Tenant;
+use bulkhead_operator::controller::context::Context;
 use bulkhead_operator::controller::metrics::Metrics;
-use bulkhead_operator::controller::reconcile::Context;
 use bulkhead_operator::controller::{error, reconcile};
 use bulkhead_operator::settings::OperatorSettings;
 use futures::future::BoxFuture;

@@ -5,9 +5,20 @@
 //! naming rules and added as an encoded path segment, so no argument can
 //! change which endpoint is called.
 
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use rmcp::model::{ContentBlock, Tool, ToolAnnotations};
 use schemars::JsonSchema;
 use serde::Deserialize;
+use serde_json::{Value, json};
 use url::Url;
+
+use super::upstream::Upstream;
+use super::{Connector, schema_object, upstream_failure};
+use crate::identity::CallContext;
+use crate::response_cache::{CacheKey, CachedResponse};
+use crate::tools::{MAX_CACHED_BODY_BYTES, ToolCall, ToolOutcome, ToolServices};
 
 /// The tools of a GitHub connector.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -357,6 +368,135 @@ pub fn decode_file_contents(value: &mut serde_json::Value) {
         && let Ok(text) = String::from_utf8(bytes)
     {
         object.insert("decoded_text".into(), serde_json::Value::String(text));
+    }
+}
+
+/// A `github` connector: every [`GithubTool`], named `<connector>_<suffix>`.
+pub struct GithubConnector {
+    upstream: Upstream,
+    tools: Vec<(String, GithubTool)>,
+}
+
+impl GithubConnector {
+    /// The connector over `upstream`.
+    pub fn new(upstream: Upstream) -> Self {
+        let tools = GithubTool::ALL
+            .into_iter()
+            .map(|tool| (format!("{}_{}", upstream.name, tool.suffix()), tool))
+            .collect();
+        Self { upstream, tools }
+    }
+}
+
+impl Connector for GithubConnector {
+    fn tools(&self) -> Vec<Tool> {
+        let read_only = ToolAnnotations::new().read_only(true);
+        self.tools
+            .iter()
+            .map(|(name, tool)| {
+                let input = serde_json::to_value(tool.input_schema()).unwrap_or_default();
+                Tool::new(
+                    name.clone(),
+                    format!("{} (connector {})", tool.description(), self.upstream.name),
+                    schema_object(&input),
+                )
+                .with_raw_output_schema(schema_object(&json!({
+                    "type": "object",
+                    "properties": {"data": {"description": "The GitHub API answer"}},
+                    "required": ["data"]
+                })))
+                .with_annotations(read_only.clone())
+            })
+            .collect()
+    }
+
+    fn call<'a>(
+        &'a self,
+        tool: &'a str,
+        arguments: Value,
+        context: &'a CallContext,
+        services: &'a ToolServices,
+    ) -> BoxFuture<'a, ToolCall> {
+        Box::pin(async move {
+            let Some((_, tool)) = self.tools.iter().find(|(name, _)| name == tool) else {
+                return ToolCall::error("unknown tool", ToolOutcome::ToolError, None);
+            };
+            let url = match tool.url(self.upstream.base(), arguments) {
+                Ok(url) => url,
+                Err(message) => return ToolCall::error(message, ToolOutcome::ToolError, None),
+            };
+            let mut call = fetch_json(&self.upstream, context, services, url).await;
+            if *tool == GithubTool::GetFileContents
+                && let Some(data) = call
+                    .result
+                    .structured_content
+                    .as_mut()
+                    .and_then(|v| v.get_mut("data"))
+            {
+                decode_file_contents(data);
+                if let Some(value) = &call.result.structured_content {
+                    call.result.content = vec![ContentBlock::text(value.to_string())];
+                }
+            }
+            call
+        })
+    }
+}
+
+/// GET a JSON resource, through the tenant-scoped cache.
+async fn fetch_json(
+    upstream: &Upstream,
+    context: &CallContext,
+    services: &ToolServices,
+    url: Url,
+) -> ToolCall {
+    let key = CacheKey {
+        tenant: context.tenant.clone(),
+        connector: upstream.name.clone(),
+        resource: url.to_string(),
+    };
+    if let Some(hit) = services.cache.get(&key) {
+        return ToolCall::ok(json!({"data": *hit.body}), Some(hit.status));
+    }
+    let response = upstream
+        .send(
+            reqwest::Method::GET,
+            url,
+            &[
+                ("accept", "application/vnd.github+json"),
+                ("x-github-api-version", "2022-11-28"),
+            ],
+            None,
+            &services.credentials,
+        )
+        .await;
+    match response {
+        Ok(response) => match serde_json::from_slice::<Value>(&response.body) {
+            Ok(body) => {
+                let body = Arc::new(body);
+                // Large answers are not cached, which bounds the cache's
+                // memory to its entry count times this size.
+                if response.body.len() <= MAX_CACHED_BODY_BYTES {
+                    services.cache.put(
+                        key,
+                        CachedResponse {
+                            status: response.status,
+                            body: body.clone(),
+                        },
+                    );
+                }
+                ToolCall::ok(json!({"data": *body}), Some(response.status))
+            }
+            Err(_) => ToolCall::error(
+                format!(
+                    "connector {}: the upstream answer is not JSON",
+                    upstream.name
+                ),
+                ToolOutcome::UpstreamError,
+                Some(response.status),
+            ),
+        },
+        Err(error) => upstream_failure(upstream, services, &error),
     }
 }
 

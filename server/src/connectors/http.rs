@@ -9,9 +9,18 @@
 
 use std::collections::BTreeMap;
 
+use bulkhead_crds::server_config::ConnectorConfig;
+use futures::future::BoxFuture;
+use rmcp::model::Tool;
 use schemars::JsonSchema;
 use serde::Deserialize;
+use serde_json::{Value, json};
 use url::Url;
+
+use super::upstream::Upstream;
+use super::{Connector, schema_object, upstream_failure};
+use crate::identity::CallContext;
+use crate::tools::{ToolCall, ToolOutcome, ToolServices};
 
 /// One segment of an allow pattern.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -241,6 +250,139 @@ pub struct HttpRequestArgs {
 
 fn default_method() -> String {
     "GET".to_owned()
+}
+
+/// An `http` connector: one `<connector>_request` tool, limited to the
+/// configured allow-list.
+pub struct HttpConnector {
+    upstream: Upstream,
+    tool: String,
+    rules: Vec<AllowPattern>,
+    /// The allow-list as configured, for the tool description.
+    allowed: String,
+}
+
+impl HttpConnector {
+    /// The connector for `config` over `upstream`. Allow rules that do not
+    /// parse (the configuration validation refuses them) match nothing.
+    pub fn new(config: &ConnectorConfig, upstream: Upstream) -> Self {
+        Self {
+            tool: format!("{}_request", config.name),
+            rules: config
+                .allow
+                .iter()
+                .filter_map(|r| AllowPattern::parse(&r.method, &r.path).ok())
+                .collect(),
+            allowed: config
+                .allow
+                .iter()
+                .map(|r| format!("{} {}", r.method, r.path))
+                .collect::<Vec<_>>()
+                .join(", "),
+            upstream,
+        }
+    }
+}
+
+impl Connector for HttpConnector {
+    fn tools(&self) -> Vec<Tool> {
+        let input =
+            serde_json::to_value(schemars::schema_for!(HttpRequestArgs)).unwrap_or_default();
+        vec![
+            Tool::new(
+                self.tool.clone(),
+                format!(
+                    "Call the {} API. Allowed: {}. `*` is one path segment, a trailing `/**` any number.",
+                    self.upstream.name, self.allowed
+                ),
+                schema_object(&input),
+            )
+            .with_raw_output_schema(schema_object(&json!({
+                "type": "object",
+                "properties": {
+                    "status": {"type": "integer"},
+                    "data": {"description": "JSON answer, or text when not JSON"}
+                },
+                "required": ["status", "data"]
+            }))),
+        ]
+    }
+
+    fn call<'a>(
+        &'a self,
+        _tool: &'a str,
+        arguments: Value,
+        _context: &'a CallContext,
+        services: &'a ToolServices,
+    ) -> BoxFuture<'a, ToolCall> {
+        Box::pin(call_http(&self.upstream, &self.rules, services, arguments))
+    }
+}
+
+async fn call_http(
+    upstream: &Upstream,
+    rules: &[AllowPattern],
+    services: &ToolServices,
+    arguments: Value,
+) -> ToolCall {
+    let args: HttpRequestArgs = match serde_json::from_value(arguments) {
+        Ok(args) => args,
+        Err(e) => {
+            return ToolCall::error(
+                format!("invalid arguments: {e}"),
+                ToolOutcome::ToolError,
+                None,
+            );
+        }
+    };
+    let method = args.method.to_ascii_uppercase();
+    if let Err(error) = check_allowed(rules, &method, &args.path) {
+        return ToolCall::error(error.to_string(), ToolOutcome::ToolError, None);
+    }
+    let Ok(http_method) = reqwest::Method::from_bytes(method.as_bytes()) else {
+        return ToolCall::error("unsupported method", ToolOutcome::ToolError, None);
+    };
+    let url = target_url(upstream.base(), &args.path, &args.query);
+    let body = match (&args.body, method.as_str()) {
+        (Some(body), "POST" | "PUT" | "PATCH") => Some(body.to_string().into_bytes()),
+        (Some(_), _) => {
+            return ToolCall::error(
+                format!("{method} requests take no body"),
+                ToolOutcome::ToolError,
+                None,
+            );
+        }
+        (None, _) => None,
+    };
+    match upstream
+        .send(
+            http_method,
+            url,
+            &[("accept", "application/json")],
+            body,
+            &services.credentials,
+        )
+        .await
+    {
+        Ok(response) => {
+            let is_json = response
+                .content_type
+                .as_deref()
+                .is_some_and(|c| c.contains("json"));
+            let data = if is_json {
+                serde_json::from_slice(&response.body).unwrap_or_else(|_| {
+                    Value::String(String::from_utf8_lossy(&response.body).into_owned())
+                })
+            } else {
+                Value::String(String::from_utf8_lossy(&response.body).into_owned())
+            };
+            ToolCall::ok(
+                json!({"status": response.status, "data": data}),
+                Some(response.status),
+            )
+        }
+        Err(error) => upstream_failure(upstream, services, &error),
+    }
 }
 
 #[cfg(test)]

@@ -228,7 +228,7 @@ impl TestEnv {
 
 #[cfg(test)]
 mod tests {
-    use bulkhead_operator::build::desired_objects;
+    use bulkhead_operator::desired::desired_objects;
     use bulkhead_operator::settings::OperatorSettings;
 
     use super::*;

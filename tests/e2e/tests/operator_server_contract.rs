@@ -15,7 +15,7 @@ use bulkhead_crds::server_config::{
     CREDENTIALS_SECRET_NAME, MCP_PORT, SecretSource,
 };
 use bulkhead_e2e::tenants::fixture_spec;
-use bulkhead_operator::build::{
+use bulkhead_operator::desired::{
     SECRET_READER_CLUSTER_ROLE, TenantObjects, desired_objects, endpoint,
 };
 use bulkhead_operator::settings::OperatorSettings;
@@ -132,7 +132,7 @@ fn server_accepts_the_operators_arguments_and_listens_where_the_cluster_connects
         SocketAddr::from((Ipv4Addr::UNSPECIFIED, ADMIN_PORT)),
         "the kubelet probes /healthz and /readyz at the pod IP, but the server's admin listener \
          defaults to loopback: the operator's Deployment must pass `--admin-listen 0.0.0.0:{ADMIN_PORT}` \
-         (operator/src/build/deployment.rs), or no Tenant ever becomes Ready"
+         (operator/src/desired/deployment.rs), or no Tenant ever becomes Ready"
     );
     // The Deployment's args replace the image's CMD, so JSON logs must be
     // asked for there, or the cluster's log pipeline gets plain text.

@@ -8,8 +8,8 @@ use bulkhead_crds::server_config::{API_KEYS_SECRET_NAME, CREDENTIALS_SECRET_NAME
 use bulkhead_e2e::access::{SecretRequest, Subject};
 use bulkhead_e2e::probes::CALLER_KEY_SECRET;
 use bulkhead_e2e::{TestEnv, run};
-use bulkhead_operator::build::SECRET_READER_CLUSTER_ROLE;
-use bulkhead_operator::build::service_account::SERVICE_ACCOUNT_NAME;
+use bulkhead_operator::desired::SECRET_READER_CLUSTER_ROLE;
+use bulkhead_operator::desired::names::SERVICE_ACCOUNT_NAME;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::rbac::v1::{
     ClusterRoleBinding, RoleBinding, RoleRef, Subject as RbacSubject,

@@ -15,7 +15,7 @@ use bulkhead_e2e::probes::admission_test_pod;
 use bulkhead_e2e::run;
 use bulkhead_e2e::tenants::managed_by_selector;
 use bulkhead_e2e::wait::{self, Check, NAMESPACE_DELETION_TIMEOUT, READY_TIMEOUT};
-use bulkhead_operator::build::deployment::CONFIG_CHECKSUM_ANNOTATION;
+use bulkhead_operator::desired::deployment::CONFIG_CHECKSUM_ANNOTATION;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -343,7 +343,7 @@ fn template_annotations(deployment: &Deployment) -> BTreeMap<String, String> {
 #[test]
 fn rate_limit_change_changes_the_rendered_configuration_and_checksum() {
     use bulkhead_e2e::tenants::fixture_spec;
-    use bulkhead_operator::build::desired_objects;
+    use bulkhead_operator::desired::desired_objects;
     use bulkhead_operator::settings::OperatorSettings;
 
     let render = |spec: serde_json::Value| {

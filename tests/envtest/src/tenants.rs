@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use bulkhead_crds::Tenant;
-use bulkhead_operator::build::{TenantObjects, desired_objects, namespace_name};
+use bulkhead_operator::desired::{TenantObjects, desired_objects, namespace_name};
 use bulkhead_operator::settings::OperatorSettings;
 use kube::{Api, Client, ResourceExt};
 

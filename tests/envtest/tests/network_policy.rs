@@ -39,7 +39,7 @@ use std::process::Command;
 use anyhow::{Context, Result, anyhow, bail, ensure};
 use bulkhead_envtest::ControlPlane;
 use bulkhead_envtest::tenants::{RECONCILE_TIMEOUT, example, wait_for};
-use bulkhead_operator::build::desired_objects;
+use bulkhead_operator::desired::desired_objects;
 use bulkhead_operator::labels::TENANT_LABEL;
 use bulkhead_operator::render::parse_tenant;
 use bulkhead_operator::settings::OperatorSettings;

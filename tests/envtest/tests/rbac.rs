@@ -10,7 +10,7 @@ use anyhow::{Context, Result, ensure};
 use bulkhead_crds::server_config::{API_KEYS_SECRET_NAME, CREDENTIALS_SECRET_NAME};
 use bulkhead_envtest::tenants::example;
 use bulkhead_envtest::{ControlPlane, OPERATOR_GROUPS, OPERATOR_NAMESPACE, OPERATOR_USER};
-use bulkhead_operator::build::service_account::SERVICE_ACCOUNT_NAME;
+use bulkhead_operator::desired::names::SERVICE_ACCOUNT_NAME;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::authorization::v1::{

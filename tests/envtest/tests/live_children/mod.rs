@@ -6,7 +6,7 @@
 
 use anyhow::{Context, Result};
 use bulkhead_envtest::{AuditEvent, OPERATOR_USER};
-use bulkhead_operator::build::TenantObjects;
+use bulkhead_operator::desired::TenantObjects;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use kube::{Api, Client};
 

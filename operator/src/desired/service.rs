@@ -4,12 +4,8 @@ use bulkhead_crds::server_config::MCP_PORT;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::BuildContext;
-
-/// Name of the Service; the endpoint is `http://mcp.<namespace>.svc:8080/mcp`.
-pub const SERVICE_NAME: &str = "mcp";
-/// Name of the MCP port on the Service and the container.
-pub const MCP_PORT_NAME: &str = "mcp";
+use super::context::BuildContext;
+use super::names::{MCP_PORT_NAME, SERVICE_NAME};
 
 /// A ClusterIP Service exposing only the MCP port of the server pods (the
 /// admin port stays unpublished).
@@ -37,7 +33,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::build::fixtures::{MINIMAL, objects};
+    use crate::desired::fixtures::{MINIMAL, objects};
 
     #[test]
     fn service_exposes_only_the_mcp_port_of_this_tenants_server() {

@@ -17,6 +17,12 @@
 //! Each condition keeps its `lastTransitionTime` while its status is
 //! unchanged, so an unchanged Tenant computes an identical status and the
 //! controller writes nothing.
+//!
+//! [`verdicts`] judges each situation a reconcile can end in.
+
+pub mod verdicts;
+
+use std::fmt::Debug;
 
 use bulkhead_crds::{Tenant, TenantStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -24,6 +30,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::{Api, Resource};
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::error::{Error, Result};
@@ -74,6 +81,56 @@ impl Truth {
     }
 }
 
+/// The `reason` of a condition: CamelCase and stable, so alerts and tools
+/// can match on it (Kubernetes API conventions, "typical status properties").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Every part condition is True.
+    AllPartsReady,
+    /// The tenant namespace exists with Pod Security `restricted`.
+    NamespaceReady,
+    /// The tenant namespace is being deleted.
+    NamespaceTerminating,
+    /// The namespace exists and belongs to someone else.
+    NamespaceConflict,
+    /// The isolation NetworkPolicy is applied.
+    NetworkPolicyApplied,
+    /// The server may read exactly its own Secrets.
+    SecretAccessBound,
+    /// The server Deployment is Available and rolled out.
+    DeploymentAvailable,
+    /// The server Deployment reports itself unavailable.
+    DeploymentUnavailable,
+    /// The server Deployment is still rolling out.
+    DeploymentProgressing,
+    /// The spec breaks a validation rule.
+    InvalidSpec,
+    /// The API server refused a child as invalid.
+    ApplyRejected,
+    /// The Tenant does not match this operator's schema.
+    MalformedTenant,
+}
+
+impl Reason {
+    /// The reason as written on the condition.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AllPartsReady => "AllPartsReady",
+            Self::NamespaceReady => "NamespaceReady",
+            Self::NamespaceTerminating => "NamespaceTerminating",
+            Self::NamespaceConflict => "NamespaceConflict",
+            Self::NetworkPolicyApplied => "NetworkPolicyApplied",
+            Self::SecretAccessBound => "SecretAccessBound",
+            Self::DeploymentAvailable => "DeploymentAvailable",
+            Self::DeploymentUnavailable => "DeploymentUnavailable",
+            Self::DeploymentProgressing => "DeploymentProgressing",
+            Self::InvalidSpec => "InvalidSpec",
+            Self::ApplyRejected => "ApplyRejected",
+            Self::MalformedTenant => "MalformedTenant",
+        }
+    }
+}
+
 /// One condition as the controller judged it, before timestamps.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verdict {
@@ -81,7 +138,8 @@ pub struct Verdict {
     pub type_: &'static str,
     /// Its status.
     pub status: Truth,
-    /// CamelCase reason, stable for alerting.
+    /// CamelCase reason, stable for alerting: a [`Reason`], or for a
+    /// derived Ready the reason of the first part that is not ready.
     pub reason: String,
     /// What a person should know or do.
     pub message: String,
@@ -92,13 +150,13 @@ impl Verdict {
     pub fn new(
         type_: &'static str,
         status: Truth,
-        reason: &str,
+        reason: Reason,
         message: impl Into<String>,
     ) -> Self {
         Self {
             type_,
             status,
-            reason: reason.to_owned(),
+            reason: reason.as_str().to_owned(),
             message: message.into(),
         }
     }
@@ -126,7 +184,7 @@ fn derive_ready(parts: &[Condition]) -> Verdict {
         None => Verdict::new(
             READY,
             Truth::True,
-            "AllPartsReady",
+            Reason::AllPartsReady,
             "namespace, network isolation, credentials and server are all ready",
         ),
         Some(first) => {
@@ -140,7 +198,12 @@ fn derive_ready(parts: &[Condition]) -> Verdict {
                 .map(|c| format!("{}: {}", c.type_, c.message))
                 .collect::<Vec<_>>()
                 .join("; ");
-            Verdict::new(READY, status, &first.reason, message)
+            Verdict {
+                type_: READY,
+                status,
+                reason: first.reason.clone(),
+                message,
+            }
         }
     }
 }
@@ -208,13 +271,20 @@ pub fn desired_status(
     }
 }
 
-/// Writes `status` unless the live status is already equal. Returns whether it wrote.
-pub async fn write_status(
-    api: &Api<Tenant>,
+/// Writes `status` by server-side apply unless the live status is already
+/// equal. Returns whether it wrote.
+///
+/// Generic over the Tenant type so a Tenant this operator cannot read
+/// (`DeserializeGuard<Tenant>`) gets its status the same way.
+pub async fn write_status<K>(
+    api: &Api<K>,
     name: &str,
     status: &TenantStatus,
     live: Option<&TenantStatus>,
-) -> Result<bool> {
+) -> Result<bool>
+where
+    K: Clone + DeserializeOwned + Debug,
+{
     if live == Some(status) {
         return Ok(false);
     }
@@ -253,7 +323,7 @@ pub fn ready_transition(
     let event_type = match next_ready.status.as_str() {
         "True" => EventType::Normal,
         // A server still starting is expected, not a warning.
-        _ if next_ready.reason == "DeploymentProgressing" => EventType::Normal,
+        _ if next_ready.reason == Reason::DeploymentProgressing.as_str() => EventType::Normal,
         _ => EventType::Warning,
     };
     Some((
@@ -270,7 +340,7 @@ mod tests {
     fn all_parts(status: Truth) -> Vec<Verdict> {
         PARTS
             .iter()
-            .map(|p| Verdict::new(p, status, "Because", "said so"))
+            .map(|p| Verdict::new(p, status, Reason::NamespaceReady, "said so"))
             .collect()
     }
 
@@ -304,7 +374,7 @@ mod tests {
         parts[3] = Verdict::new(
             SERVER_AVAILABLE,
             Truth::False,
-            "DeploymentProgressing",
+            Reason::DeploymentProgressing,
             "0/1 available",
         );
         let waiting = desired_status(
@@ -361,7 +431,7 @@ mod tests {
             ready: Some(Verdict::new(
                 READY,
                 Truth::False,
-                "InvalidSpec",
+                Reason::InvalidSpec,
                 "spec.connectors[0].credential: undeclared",
             )),
             ..Report::default()

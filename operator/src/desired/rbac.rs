@@ -18,8 +18,8 @@
 
 use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 
-use super::BuildContext;
-use super::service_account::SERVICE_ACCOUNT_NAME;
+use super::context::BuildContext;
+use super::names::SERVICE_ACCOUNT_NAME;
 
 /// Name of the one ClusterRole the per-tenant RoleBinding points at
 /// (get/watch on Secrets bulkhead-credentials and bulkhead-api-keys only).
@@ -49,7 +49,7 @@ pub(crate) fn desired_role_binding(ctx: &BuildContext<'_>) -> RoleBinding {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::fixtures::{FULL, objects};
+    use crate::desired::fixtures::{FULL, objects};
 
     #[test]
     fn role_binding_grants_the_secret_reader_to_the_server_in_its_own_namespace_only() {

@@ -2,8 +2,11 @@
 //! it out. One module per resource; nothing here talks to the API server, so
 //! `render`, the controller and the tests share exactly the same objects.
 
+pub mod children;
 pub mod config_map;
+pub mod context;
 pub mod deployment;
+pub mod names;
 pub mod namespace;
 pub mod network_policy;
 pub mod quota;
@@ -14,92 +17,28 @@ pub mod service_account;
 #[cfg(test)]
 pub(crate) mod fixtures;
 
-use std::collections::BTreeMap;
-
 use bulkhead_crds::Tenant;
 use bulkhead_crds::cidr::Cidr;
-use bulkhead_crds::server_config::{MCP_PATH, MCP_PORT};
 use bulkhead_crds::validation::{FieldError, InvalidTenant, NamespaceNaming, validate_tenant};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, LimitRange, Namespace, ResourceQuota, Service, ServiceAccount,
-};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::api::rbac::v1::RoleBinding;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::Resource;
 
-use crate::labels::child_labels;
 use crate::settings::OperatorSettings;
+use context::BuildContext;
 
+pub use children::TenantObjects;
+pub use context::{endpoint, namespace_name};
 pub use rbac::SECRET_READER_CLUSTER_ROLE;
 
-/// Every object Bulkhead creates for one Tenant.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TenantObjects {
-    /// The tenant's namespace, with Pod Security Admission `restricted`.
-    pub namespace: Namespace,
-    /// The server's ServiceAccount (no token automount).
-    pub service_account: ServiceAccount,
-    /// Binds [`SECRET_READER_CLUSTER_ROLE`] to the server's ServiceAccount.
-    pub role_binding: RoleBinding,
-    /// Default deny plus the allowed ingress and egress.
-    pub network_policy: NetworkPolicy,
-    /// Namespace-wide resource and object limits.
-    pub resource_quota: ResourceQuota,
-    /// Default requests and limits of containers.
-    pub limit_range: LimitRange,
-    /// The server configuration.
-    pub config_map: ConfigMap,
-    /// The server's Service.
-    pub service: Service,
-    /// The server.
-    pub deployment: Deployment,
+/// A Tenant that passed every rule: the CRD's, again in code, and the ones
+/// that depend on the operator's settings. Only a valid Tenant is built.
+pub struct ValidTenant<'a> {
+    ctx: BuildContext<'a>,
 }
 
-impl TenantObjects {
-    /// Every object as JSON, in the order they must be applied: isolation
-    /// and RBAC exist before any server pod can start.
-    pub fn to_json_in_apply_order(&self) -> Result<Vec<serde_json::Value>, serde_json::Error> {
-        Ok(vec![
-            serde_json::to_value(&self.namespace)?,
-            serde_json::to_value(&self.service_account)?,
-            serde_json::to_value(&self.role_binding)?,
-            serde_json::to_value(&self.network_policy)?,
-            serde_json::to_value(&self.resource_quota)?,
-            serde_json::to_value(&self.limit_range)?,
-            serde_json::to_value(&self.config_map)?,
-            serde_json::to_value(&self.service)?,
-            serde_json::to_value(&self.deployment)?,
-        ])
-    }
-}
-
-/// The namespace of a tenant: `<prefix><tenant id>`.
-pub fn namespace_name(tenant_id: &str, settings: &OperatorSettings) -> String {
-    format!("{}{tenant_id}", settings.namespace_prefix)
-}
-
-/// The in-cluster URL of a tenant's MCP endpoint.
-pub fn endpoint(tenant_id: &str, settings: &OperatorSettings) -> String {
-    format!(
-        "http://{}.{}.svc.{}:{MCP_PORT}{MCP_PATH}",
-        service::SERVICE_NAME,
-        namespace_name(tenant_id, settings),
-        settings.cluster_domain
-    )
-}
-
-/// Validates the Tenant (the CRD's rules, again in code, plus the rules that
-/// depend on the operator's settings) and builds every child object.
-///
-/// Children carry both labels of [`child_labels`] and, when the Tenant has a
-/// uid (it was read from the API server), an ownerReference to it with
-/// `controller` and `blockOwnerDeletion` set.
-pub fn desired_objects(
-    tenant: &Tenant,
-    settings: &OperatorSettings,
-) -> Result<TenantObjects, InvalidTenant> {
+/// Validates the Tenant; the errors name every offending field.
+pub fn validate<'a>(
+    tenant: &'a Tenant,
+    settings: &'a OperatorSettings,
+) -> Result<ValidTenant<'a>, InvalidTenant> {
     validate_tenant(
         tenant,
         &NamespaceNaming {
@@ -109,24 +48,62 @@ pub fn desired_objects(
     )?;
     check_egress_against_cluster(tenant, settings)?;
     let id = tenant.metadata.name.as_deref().unwrap_or_default();
-    let ctx = BuildContext {
-        tenant,
-        tenant_id: id,
-        namespace: namespace_name(id, settings),
-        settings,
-    };
-    let config_map = config_map::desired_config_map(&ctx)?;
-    Ok(TenantObjects {
-        namespace: namespace::desired_namespace(&ctx),
-        service_account: service_account::desired_service_account(&ctx),
-        role_binding: rbac::desired_role_binding(&ctx),
-        network_policy: network_policy::desired_network_policy(&ctx),
-        resource_quota: quota::desired_resource_quota(&ctx),
-        limit_range: quota::desired_limit_range(&ctx),
-        service: service::desired_service(&ctx),
-        deployment: deployment::desired_deployment(&ctx, &config_map),
-        config_map,
+    Ok(ValidTenant {
+        ctx: BuildContext {
+            tenant,
+            tenant_id: id,
+            namespace: namespace_name(id, settings),
+            settings,
+        },
     })
+}
+
+impl ValidTenant<'_> {
+    /// The tenant id (the Tenant's name).
+    pub fn id(&self) -> &str {
+        self.ctx.tenant_id
+    }
+
+    /// The tenant namespace.
+    pub fn namespace(&self) -> &str {
+        &self.ctx.namespace
+    }
+
+    /// The in-cluster URL of the tenant's MCP endpoint.
+    pub fn endpoint(&self) -> String {
+        endpoint(self.ctx.tenant_id, self.ctx.settings)
+    }
+
+    /// Builds every child object.
+    ///
+    /// Children carry both labels of [`crate::labels::child_labels`] and,
+    /// when the Tenant has a uid (it was read from the API server), an
+    /// ownerReference to it with `controller` and `blockOwnerDeletion` set.
+    /// `Err` only when the server configuration cannot be written as YAML.
+    pub fn build(&self) -> Result<TenantObjects, InvalidTenant> {
+        let ctx = &self.ctx;
+        let config_map = config_map::desired_config_map(ctx)?;
+        Ok(TenantObjects {
+            namespace: namespace::desired_namespace(ctx),
+            service_account: service_account::desired_service_account(ctx),
+            role_binding: rbac::desired_role_binding(ctx),
+            network_policy: network_policy::desired_network_policy(ctx),
+            resource_quota: quota::desired_resource_quota(ctx),
+            limit_range: quota::desired_limit_range(ctx),
+            service: service::desired_service(ctx),
+            deployment: deployment::desired_deployment(ctx, &config_map),
+            config_map,
+        })
+    }
+}
+
+/// Validates the Tenant and builds every child object ([`validate`], then
+/// [`ValidTenant::build`]).
+pub fn desired_objects(
+    tenant: &Tenant,
+    settings: &OperatorSettings,
+) -> Result<TenantObjects, InvalidTenant> {
+    validate(tenant, settings)?.build()
 }
 
 /// A spec range that lies inside a cluster range (but is not that range)
@@ -166,47 +143,6 @@ fn check_egress_against_cluster(
     }
 }
 
-/// What every builder needs: the validated Tenant and where it lives.
-pub(crate) struct BuildContext<'a> {
-    pub tenant: &'a Tenant,
-    pub tenant_id: &'a str,
-    pub namespace: String,
-    pub settings: &'a OperatorSettings,
-}
-
-impl BuildContext<'_> {
-    /// Metadata of a child object: name, namespace (unless cluster-scoped),
-    /// the two labels and the owner reference.
-    pub fn metadata(&self, name: &str, namespaced: bool) -> ObjectMeta {
-        ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: namespaced.then(|| self.namespace.clone()),
-            labels: Some(child_labels(self.tenant_id)),
-            owner_references: self.tenant.controller_owner_ref(&()).map(|owner| {
-                vec![OwnerReference {
-                    block_owner_deletion: Some(true),
-                    ..owner
-                }]
-            }),
-            ..ObjectMeta::default()
-        }
-    }
-
-    /// Labels that select the server pods.
-    pub fn server_selector(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            (
-                "app.kubernetes.io/name".to_owned(),
-                deployment::SERVER_APP_NAME.to_owned(),
-            ),
-            (
-                crate::labels::TENANT_LABEL.to_owned(),
-                self.tenant_id.to_owned(),
-            ),
-        ])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use bulkhead_crds::Tenant;
@@ -214,6 +150,7 @@ mod tests {
     use super::fixtures::{FULL, MINIMAL, UID, live_tenant, objects};
     use super::*;
     use crate::labels::{MANAGED_BY_LABEL, TENANT_LABEL};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
     fn metadata_of(objects: &TenantObjects) -> Vec<(&'static str, &ObjectMeta)> {
         vec![

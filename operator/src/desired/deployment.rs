@@ -22,20 +22,16 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 
-use super::BuildContext;
-use super::quota::{
+use super::context::BuildContext;
+use super::names::{
     DEFAULT_CONTAINER_CPU_LIMIT, DEFAULT_CONTAINER_CPU_REQUEST, DEFAULT_CONTAINER_MEMORY_LIMIT,
-    DEFAULT_CONTAINER_MEMORY_REQUEST,
+    DEFAULT_CONTAINER_MEMORY_REQUEST, MCP_PORT_NAME, SERVICE_ACCOUNT_NAME,
 };
-use super::service::MCP_PORT_NAME;
-use super::service_account::SERVICE_ACCOUNT_NAME;
 
 /// Name of the Deployment in the tenant namespace.
 pub const DEPLOYMENT_NAME: &str = "mcp-server";
 /// Name of the server container.
 pub const CONTAINER_NAME: &str = "server";
-/// `app.kubernetes.io/name` of the server pods (part of their selector).
-pub const SERVER_APP_NAME: &str = "bulkhead-server";
 /// Pod template annotation holding the SHA-256 of the ConfigMap data; a
 /// changed configuration changes the template and so rolls the pods.
 pub const CONFIG_CHECKSUM_ANNOTATION: &str = "bulkhead.dev/config-checksum";
@@ -310,8 +306,8 @@ pub(crate) fn desired_deployment(ctx: &BuildContext<'_>, config_map: &ConfigMap)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::desired_objects;
-    use crate::build::fixtures::{FULL, MINIMAL, live_tenant, objects};
+    use crate::desired::desired_objects;
+    use crate::desired::fixtures::{FULL, MINIMAL, live_tenant, objects};
     use crate::settings::OperatorSettings;
 
     fn pod_spec(deployment: &Deployment) -> PodSpec {

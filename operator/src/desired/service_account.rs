@@ -2,10 +2,8 @@
 
 use k8s_openapi::api::core::v1::ServiceAccount;
 
-use super::BuildContext;
-
-/// Name of the server's ServiceAccount in the tenant namespace.
-pub const SERVICE_ACCOUNT_NAME: &str = "mcp-server";
+use super::context::BuildContext;
+use super::names::SERVICE_ACCOUNT_NAME;
 
 /// The server's ServiceAccount. Token automount is off: the Deployment
 /// mounts a short-lived projected token instead, so no long-lived token of
@@ -20,7 +18,7 @@ pub(crate) fn desired_service_account(ctx: &BuildContext<'_>) -> ServiceAccount 
 
 #[cfg(test)]
 mod tests {
-    use crate::build::fixtures::{MINIMAL, objects};
+    use crate::desired::fixtures::{MINIMAL, objects};
     use crate::labels::child_labels;
 
     #[test]

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use bulkhead_crds::tenant::DeletionPolicy;
 use k8s_openapi::api::core::v1::Namespace;
 
-use super::BuildContext;
+use super::context::BuildContext;
 use crate::labels::TENANT_UID_ANNOTATION;
 
 /// Pod Security Admission labels: every mode (`enforce` refuses, `audit`
@@ -58,7 +58,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
     use super::*;
-    use crate::build::fixtures::{MINIMAL, objects};
+    use crate::desired::fixtures::{MINIMAL, objects};
 
     #[test]
     fn namespace_enforces_restricted_pod_security_in_every_mode() {
@@ -84,7 +84,7 @@ mod tests {
                     labels: Some(labels),
                     annotations: Some(BTreeMap::from([(
                         "bulkhead.dev/tenant-uid".to_owned(),
-                        crate::build::fixtures::UID.to_owned()
+                        crate::desired::fixtures::UID.to_owned()
                     )])),
                     owner_references: namespace.metadata.owner_references.clone(),
                     ..ObjectMeta::default()
@@ -96,23 +96,23 @@ mod tests {
 
     #[test]
     fn only_a_delete_tenant_owns_its_namespace() {
-        let mut tenant = crate::build::fixtures::live_tenant(MINIMAL);
+        let mut tenant = crate::desired::fixtures::live_tenant(MINIMAL);
         tenant.spec.deletion_policy = DeletionPolicy::Delete;
-        let owned = crate::build::desired_objects(&tenant, &Default::default())
+        let owned = crate::desired::desired_objects(&tenant, &Default::default())
             .unwrap()
             .namespace;
         let owners = owned.metadata.owner_references.unwrap();
         assert_eq!(owners.len(), 1);
-        assert_eq!(owners[0].uid, crate::build::fixtures::UID);
+        assert_eq!(owners[0].uid, crate::desired::fixtures::UID);
 
         tenant.spec.deletion_policy = DeletionPolicy::Retain;
-        let retained = crate::build::desired_objects(&tenant, &Default::default())
+        let retained = crate::desired::desired_objects(&tenant, &Default::default())
             .unwrap()
             .namespace;
         assert_eq!(retained.metadata.owner_references, None);
         assert_eq!(
             retained.metadata.annotations.unwrap()[TENANT_UID_ANNOTATION],
-            crate::build::fixtures::UID
+            crate::desired::fixtures::UID
         );
     }
 }

@@ -13,8 +13,8 @@ use bulkhead_crds::server_config::{
 use bulkhead_crds::validation::{FieldError, InvalidTenant};
 use k8s_openapi::api::core::v1::ConfigMap;
 
-use super::BuildContext;
-use super::service::SERVICE_NAME;
+use super::context::BuildContext;
+use super::names::SERVICE_NAME;
 
 /// Seconds a credential value is cached by the server before it is read again.
 pub const CREDENTIAL_TTL_SECONDS: u64 = 60;
@@ -101,7 +101,7 @@ mod tests {
     use bulkhead_crds::tenant::{AllowRule, ConnectorType, RateLimit, ToolRateLimit};
 
     use super::*;
-    use crate::build::fixtures::{FULL, MINIMAL, objects};
+    use crate::desired::fixtures::{FULL, MINIMAL, objects};
 
     fn server_config(yaml: &str) -> ServerConfig {
         let config_map = objects(yaml).config_map;

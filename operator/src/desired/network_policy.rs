@@ -21,7 +21,7 @@ use k8s_openapi::api::networking::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::BuildContext;
+use super::context::BuildContext;
 
 /// Name of the NetworkPolicy in the tenant namespace.
 pub const NETWORK_POLICY_NAME: &str = "bulkhead-tenant-isolation";
@@ -200,7 +200,7 @@ fn upstream_peers(spec_cidrs: &[String], cluster_cidrs: &[String]) -> Vec<Networ
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::fixtures::{FULL, MINIMAL, objects};
+    use crate::desired::fixtures::{FULL, MINIMAL, objects};
 
     fn strings(values: &[&str]) -> Vec<String> {
         values.iter().map(|v| (*v).to_owned()).collect()
@@ -323,9 +323,9 @@ mod tests {
 
     #[test]
     fn no_ingress_sources_means_no_ingress_at_all() {
-        let mut tenant = crate::build::fixtures::live_tenant(MINIMAL);
+        let mut tenant = crate::desired::fixtures::live_tenant(MINIMAL);
         tenant.spec.network.ingress_from.clear();
-        let policy = crate::build::desired_objects(&tenant, &Default::default())
+        let policy = crate::desired::desired_objects(&tenant, &Default::default())
             .unwrap()
             .network_policy;
         let spec = policy.spec.unwrap();
@@ -430,13 +430,13 @@ mod tests {
     #[test]
     fn no_rule_ever_has_an_empty_peer_list() {
         // An empty `to`/`from` would admit every address.
-        let mut tenant = crate::build::fixtures::live_tenant(MINIMAL);
+        let mut tenant = crate::desired::fixtures::live_tenant(MINIMAL);
         tenant.spec.network.egress.cidrs.clear();
         let settings = crate::settings::OperatorSettings {
             api_server_cidrs: vec![],
             ..Default::default()
         };
-        let ctx = crate::build::BuildContext {
+        let ctx = crate::desired::BuildContext {
             tenant: &tenant,
             tenant_id: "acme",
             namespace: "bulkhead-acme".into(),
@@ -451,9 +451,9 @@ mod tests {
 
     #[test]
     fn egress_ports_come_from_the_spec() {
-        let mut tenant = crate::build::fixtures::live_tenant(FULL);
+        let mut tenant = crate::desired::fixtures::live_tenant(FULL);
         tenant.spec.network.egress.ports = vec![443, 8443];
-        let spec = crate::build::desired_objects(&tenant, &Default::default())
+        let spec = crate::desired::desired_objects(&tenant, &Default::default())
             .unwrap()
             .network_policy
             .spec

@@ -7,7 +7,11 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
-use super::BuildContext;
+use super::context::BuildContext;
+use super::names::{
+    DEFAULT_CONTAINER_CPU_LIMIT, DEFAULT_CONTAINER_CPU_REQUEST, DEFAULT_CONTAINER_MEMORY_LIMIT,
+    DEFAULT_CONTAINER_MEMORY_REQUEST,
+};
 
 /// Name of the ResourceQuota in the tenant namespace.
 pub const RESOURCE_QUOTA_NAME: &str = "bulkhead-tenant-quota";
@@ -28,15 +32,6 @@ pub const DEFAULT_QUOTA_CONFIG_MAPS: i32 = 5;
 pub const DEFAULT_QUOTA_SECRETS: i32 = 5;
 /// PersistentVolumeClaims when the spec sets none: the server keeps no state.
 pub const DEFAULT_QUOTA_PVCS: i32 = 0;
-
-/// Container CPU request when the pod states none.
-pub const DEFAULT_CONTAINER_CPU_REQUEST: &str = "100m";
-/// Container memory request when the pod states none.
-pub const DEFAULT_CONTAINER_MEMORY_REQUEST: &str = "64Mi";
-/// Container CPU limit when the pod states none.
-pub const DEFAULT_CONTAINER_CPU_LIMIT: &str = "500m";
-/// Container memory limit when the pod states none.
-pub const DEFAULT_CONTAINER_MEMORY_LIMIT: &str = "256Mi";
 
 fn quantity(value: &str) -> Quantity {
     Quantity(value.to_owned())
@@ -128,9 +123,9 @@ pub(crate) fn desired_limit_range(ctx: &BuildContext<'_>) -> LimitRange {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::build::fixtures::{FULL, MINIMAL, objects};
+    use crate::desired::fixtures::{FULL, MINIMAL, objects};
 
-    fn hard(objects: &crate::build::TenantObjects) -> BTreeMap<String, String> {
+    fn hard(objects: &crate::desired::TenantObjects) -> BTreeMap<String, String> {
         let quota = objects.resource_quota.spec.clone().unwrap();
         quota
             .hard

@@ -1,0 +1,197 @@
+//! Every way the MCP endpoint refuses a request, and what a refusal means
+//! to the caller (the HTTP response) and to the audit trail and metrics
+//! (the outcome and counters), decided in one place.
+//!
+//! Refusals before the body is read are plain text, since the caller may
+//! not even speak JSON-RPC; refusals of a JSON-RPC message are JSON-RPC
+//! errors (JSON-RPC 2.0, section 5.1) carrying the request's `id`.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::api_keys::AuthFailure;
+use crate::audit::Outcome;
+use crate::metrics::{AuthLabels, Metrics, RateLimitLabels};
+
+/// JSON-RPC: the body is not JSON.
+pub const PARSE_ERROR: i64 = -32700;
+/// JSON-RPC: the JSON is not a valid request object.
+pub const INVALID_REQUEST: i64 = -32600;
+/// Implementation-defined server error: the caller's rate limit is used up.
+pub const RATE_LIMITED: i64 = -32000;
+/// Implementation-defined server error: the request timed out.
+pub const TIMED_OUT: i64 = -32001;
+
+/// Why a request was refused.
+#[derive(Debug)]
+pub enum Refusal {
+    /// API keys are not loaded yet (503, `Retry-After: 1`).
+    NotReady,
+    /// `Host` or `Origin` is not allowed (403); the text says which.
+    Forbidden(&'static str),
+    /// No or an unknown API key (401 with a `WWW-Authenticate` challenge,
+    /// RFC 6750 section 3).
+    Unauthenticated(AuthFailure),
+    /// The body is larger than the configured limit (413).
+    PayloadTooLarge,
+    /// The body did not arrive within the request timeout (408).
+    BodyTimeout,
+    /// The body is not a JSON-RPC 2.0 message (400, JSON-RPC error).
+    BadRequest {
+        /// The request's `id` as raw JSON, if it could be read.
+        id: Option<String>,
+        /// [`PARSE_ERROR`] or [`INVALID_REQUEST`].
+        code: i64,
+        /// What is wrong.
+        message: &'static str,
+    },
+    /// The caller's request budget is used up (429 with `Retry-After`).
+    RateLimited {
+        /// The request's `id` as raw JSON.
+        id: Option<String>,
+        /// Seconds until a request is allowed again.
+        retry_after_seconds: u64,
+    },
+    /// The MCP handler did not finish within the request timeout (504).
+    Timeout {
+        /// The request's `id` as raw JSON.
+        id: Option<String>,
+        /// The timeout.
+        seconds: u64,
+    },
+}
+
+impl Refusal {
+    /// The audit outcome.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::NotReady => Outcome::Unavailable,
+            Self::Forbidden(_) => Outcome::Forbidden,
+            Self::Unauthenticated(_) => Outcome::Unauthenticated,
+            Self::PayloadTooLarge => Outcome::PayloadTooLarge,
+            Self::BodyTimeout | Self::Timeout { .. } => Outcome::Timeout,
+            Self::BadRequest { .. } => Outcome::BadRequest,
+            Self::RateLimited { .. } => Outcome::RateLimited,
+        }
+    }
+
+    /// Counts the refusal in the metrics that track it and logs the ones a
+    /// person may need to look into.
+    pub fn observe(&self, metrics: &Metrics, request_id: &str) {
+        match self {
+            Self::Forbidden(reason) => {
+                tracing::warn!(request_id = %request_id, reason, "request refused");
+            }
+            Self::Unauthenticated(failure) => {
+                metrics
+                    .auth_failures
+                    .get_or_create(&AuthLabels {
+                        reason: failure.as_str(),
+                    })
+                    .inc();
+            }
+            Self::RateLimited { .. } => {
+                metrics
+                    .rate_limited
+                    .get_or_create(&RateLimitLabels { scope: "caller" })
+                    .inc();
+            }
+            _ => {}
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Self::NotReady => {
+                let mut response = plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Service Unavailable: not ready",
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+            }
+            Self::Forbidden(reason) => plain(StatusCode::FORBIDDEN, reason),
+            Self::Unauthenticated(failure) => {
+                let challenge = match failure {
+                    AuthFailure::Missing => r#"Bearer realm="bulkhead""#,
+                    AuthFailure::Invalid => r#"Bearer realm="bulkhead", error="invalid_token""#,
+                };
+                let mut response = plain(StatusCode::UNAUTHORIZED, "Unauthorized");
+                response.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(challenge),
+                );
+                response
+            }
+            Self::PayloadTooLarge => plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),
+            Self::BodyTimeout => plain(StatusCode::REQUEST_TIMEOUT, "Request Timeout"),
+            Self::BadRequest { id, code, message } => jsonrpc_error(
+                StatusCode::BAD_REQUEST,
+                id.as_deref(),
+                code,
+                message,
+                serde_json::Value::Null,
+            ),
+            Self::RateLimited {
+                id,
+                retry_after_seconds: seconds,
+            } => {
+                let mut response = jsonrpc_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    id.as_deref(),
+                    RATE_LIMITED,
+                    &format!("rate limit exceeded; retry after {seconds} s"),
+                    serde_json::json!({"retryAfterSeconds": seconds}),
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                response
+            }
+            Self::Timeout { id, seconds } => jsonrpc_error(
+                StatusCode::GATEWAY_TIMEOUT,
+                id.as_deref(),
+                TIMED_OUT,
+                &format!("request did not finish within {seconds} s"),
+                serde_json::Value::Null,
+            ),
+        }
+    }
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+/// A JSON-RPC error response; `id` is the request's id as raw JSON.
+fn jsonrpc_error(
+    status: StatusCode,
+    id: Option<&str>,
+    code: i64,
+    message: &str,
+    data: serde_json::Value,
+) -> Response {
+    let id: serde_json::Value = id
+        .and_then(|raw| serde_json::from_str(raw).ok())
+        .unwrap_or(serde_json::Value::Null);
+    let body = serde_json::json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": {"code": code, "message": message, "data": data}
+    });
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
