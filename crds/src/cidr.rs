@@ -28,6 +28,12 @@ pub enum CidrError {
     /// The prefix length is not a number within the address family's width.
     #[error("{0:?} has a prefix length outside 0..=32 (IPv4) or 0..=128 (IPv6)")]
     BadPrefix(String),
+    /// An IPv6 range whose network address is IPv4-mapped (`::ffff:0:0/96`,
+    /// RFC 4291 section 2.5.5.2): Kubernetes' CIDR parsing refuses it (CEL
+    /// `isCIDR`), and network plugins disagree on what it means (some read
+    /// `::ffff:0.0.0.0/96` as `0.0.0.0/0`). Write the IPv4 range instead.
+    #[error("{0:?} is an IPv4-mapped IPv6 range; write the IPv4 range itself (e.g. 0.0.0.0/0)")]
+    Ipv4Mapped(String),
     /// Bits below the prefix are set, so the range is ambiguous.
     #[error("{given:?} has host bits set; the range it denotes is written {canonical}")]
     HostBitsSet {
@@ -114,6 +120,11 @@ impl FromStr for Cidr {
         }
         .filter(|p| *p <= width(network))
         .ok_or_else(|| CidrError::BadPrefix(s.to_owned()))?;
+        if let IpAddr::V6(v6) = network
+            && v6.to_ipv4_mapped().is_some()
+        {
+            return Err(CidrError::Ipv4Mapped(s.to_owned()));
+        }
         let masked = mask(network, prefix_len);
         if masked != network {
             return Err(CidrError::HostBitsSet {
@@ -168,6 +179,14 @@ mod tests {
             ("10.0.0.0/", CidrError::BadPrefix("10.0.0.0/".into())),
             ("10.0.0.0/+8", CidrError::BadPrefix("10.0.0.0/+8".into())),
             ("::/129", CidrError::BadPrefix("::/129".into())),
+            (
+                "::ffff:0.0.0.0/96",
+                CidrError::Ipv4Mapped("::ffff:0.0.0.0/96".into()),
+            ),
+            (
+                "::ffff:10.0.0.0/104",
+                CidrError::Ipv4Mapped("::ffff:10.0.0.0/104".into()),
+            ),
         ] {
             assert_eq!(input.parse::<Cidr>(), Err(expected), "{input}");
         }

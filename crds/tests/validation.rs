@@ -319,6 +319,36 @@ fn cases() -> Vec<Case> {
             schema: Schema::Cel("'..'"),
         },
         Case {
+            name: "trailing '/' (an empty last segment)",
+            edit: |t| t["spec"]["connectors"][1]["allow"][0]["path"] = json!("/v1/"),
+            field: "spec.connectors[1].allow[0].path",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "empty segment in the middle",
+            edit: |t| t["spec"]["connectors"][1]["allow"][0]["path"] = json!("/v1//x"),
+            field: "spec.connectors[1].allow[0].path",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "percent-encoded segment",
+            edit: |t| t["spec"]["connectors"][1]["allow"][0]["path"] = json!("/v1/%7Euser/x"),
+            field: "spec.connectors[1].allow[0].path",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "backslash in a segment",
+            edit: |t| t["spec"]["connectors"][1]["allow"][0]["path"] = json!("/v1/a\\b"),
+            field: "spec.connectors[1].allow[0].path",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "IPv4-mapped IPv6 egress range",
+            edit: |t| t["spec"]["network"]["egress"]["cidrs"][0] = json!("::ffff:0.0.0.0/96"),
+            field: "spec.network.egress.cidrs[0]",
+            schema: Schema::Cel("canonical CIDR notation"),
+        },
+        Case {
             name: "empty namespace selector",
             edit: |t| t["spec"]["network"]["ingressFrom"][1] = json!({}),
             field: "spec.network.ingressFrom[1]",
@@ -602,5 +632,42 @@ fn quantities_are_judged_alike_by_code_and_cel() {
             tenant["spec"]["quota"]["cpu"] = json!(input);
             assert_eq!(cel_validation(&tenant).is_ok(), valid, "CEL: {input:?}");
         }
+    }
+}
+
+#[test]
+fn allow_paths_are_judged_alike_by_code_and_schema() {
+    let schema = openapi_schema();
+    const FIELD: &str = "spec.connectors[1].allow[0].path";
+    let node = schema_of(&schema, FIELD);
+    for path in [
+        "/",
+        "/**",
+        "/*",
+        "/v1/invoices/*",
+        "/v1/*/reminders",
+        "/v1/customers/**",
+        "/v1/~user/x",
+        "/v1/a:b@c/(x)/'q'/a=b&c/+/a;b/...",
+        "/v1/",
+        "/v1//x",
+        "//",
+        "/v1/%7Euser/x",
+        "/v1/a\\b",
+        "/v1/a b",
+        "/v1/é",
+        "/v1/x?y",
+        "/v1/a#b",
+        "/v1/**/x",
+        "/v1/a*",
+        "/v1/./x",
+        "/v1/..",
+        "v1/x",
+    ] {
+        let mut tenant = example("full");
+        tenant["spec"]["connectors"][1]["allow"][0]["path"] = json!(path);
+        let by_code = code_validation(&tenant).is_ok();
+        let by_schema = !keywords_refuse(node, &json!(path)) && cel_validation(&tenant).is_ok();
+        assert_eq!(by_code, by_schema, "{path:?}");
     }
 }
