@@ -550,4 +550,33 @@ mod tests {
         }
         assert!(wrong.is_empty(), "{wrong:#?}");
     }
+
+    /// A base URL with an address literal is not resolved, so the guard
+    /// judges the literal before the request is built.
+    #[tokio::test]
+    async fn forbidden_address_literals_are_refused_before_any_request() {
+        let credentials = no_credentials();
+        for (base, allow_private) in [
+            ("http://[64:ff9b::a9fe:a9fe]/", true),
+            ("http://[fd00:ec2::254]/", true),
+            ("http://[::ffff:0:a9fe:a9fe]/", false),
+            ("http://[::ffff:169.254.169.254]/", true),
+            ("http://168.63.129.16/", true),
+        ] {
+            let up = upstream(base, allow_private);
+            let result = up
+                .send(
+                    reqwest::Method::GET,
+                    Url::parse(base).unwrap().join("x").unwrap(),
+                    &[],
+                    None,
+                    &credentials,
+                )
+                .await;
+            assert!(
+                matches!(result, Err(UpstreamError::RefusedTarget)),
+                "{base}: {result:?}"
+            );
+        }
+    }
 }
