@@ -31,9 +31,12 @@ pub enum CidrError {
         "{0:?} has a prefix length outside 0..=32 (IPv4) or 0..=128 (IPv6), or written with a sign or leading zero"
     )]
     BadPrefix(String),
-    /// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`): Kubernetes' CEL
-    /// `cidr()` refuses them, and the IPv4 range should be named as such.
-    #[error("{0:?} is an IPv4-mapped IPv6 range; name the IPv4 range instead")]
+    /// An IPv6 range whose network address is IPv4-mapped (`::ffff:0:0/96`,
+    /// RFC 4291 section 2.5.5.2): Kubernetes' CIDR parsing refuses it (CEL
+    /// `isCIDR`, `cidr()`), and network plugins disagree on what it means
+    /// (some read `::ffff:0.0.0.0/96` as `0.0.0.0/0`). Write the IPv4 range
+    /// instead.
+    #[error("{0:?} is an IPv4-mapped IPv6 range; write the IPv4 range itself (e.g. 0.0.0.0/0)")]
     Ipv4Mapped(String),
     /// Bits below the prefix are set, so the range is ambiguous.
     #[error("{given:?} has host bits set; the range it denotes is written {canonical}")]
@@ -194,6 +197,10 @@ mod tests {
             (
                 "::ffff:a00:0/104",
                 CidrError::Ipv4Mapped("::ffff:a00:0/104".into()),
+            ),
+            (
+                "::ffff:10.0.0.0/104",
+                CidrError::Ipv4Mapped("::ffff:10.0.0.0/104".into()),
             ),
         ] {
             assert_eq!(input.parse::<Cidr>(), Err(expected), "{input}");

@@ -180,10 +180,12 @@ pub struct AllowRule {
     #[schemars(extend("enum" = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]))]
     pub method: String,
     /// Path pattern starting with `/`; `*` matches one path segment and a
-    /// trailing `/**` any number of segments.
+    /// trailing `/**` any number of segments. Other segments are non-empty
+    /// literals of letters, digits and `-._~!$&'()+,;=:@` (RFC 3986 path
+    /// characters without percent-encoding), neither `.` nor `..`.
     #[schemars(
         length(min = 1, max = 512),
-        regex(pattern = r"^(/([^/*?#\s\x00-\x1f\x7f-\x9f\p{Z}]*|\*))*(/\*\*)?$"),
+        regex(pattern = r"^(/|(/(\*|[-A-Za-z0-9._~!$&'()+,;=:@]+))*(/\*\*)?)$"),
         extend("x-kubernetes-validations" = [{
             "rule": "!self.matches('/[.][.]?(/|$)')",
             "message": "path must not contain '.' or '..' segments"
@@ -298,7 +300,9 @@ where
 pub struct EgressSpec {
     /// Destination ranges in CIDR notation. Private, link-local, loopback and
     /// cluster ranges inside them stay closed unless named here exactly.
-    /// Each is canonical (no host bits set), e.g. `203.0.113.0/24`.
+    /// Each is canonical (no host bits set), e.g. `203.0.113.0/24`; an
+    /// IPv4-mapped IPv6 range (`::ffff:0.0.0.0/96`) is refused, write the
+    /// IPv4 range instead.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 64),

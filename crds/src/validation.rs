@@ -1,6 +1,14 @@
 //! Validation of a Tenant in code: the same rules the CRD schema states (as
 //! patterns, bounds and CEL rules), checked again by the operator.
 //!
+//! This module is the one rulebook for a Tenant's fields. The rules for
+//! single fields ([`check_base_url`], [`check_allow_method`],
+//! [`check_allow_path`], [`check_rate_limit`], [`check_tool_name`],
+//! [`is_ref_name`], [`is_secret_key`], [`is_dns_label`]) are public because
+//! the server's configuration loader applies them too: whatever `render` and
+//! the operator accept, the server starts with, and what the server would
+//! refuse never reaches a cluster.
+//!
 //! The API server enforces the schema only on clusters where the CRD is
 //! installed at this version and only for requests it sees; a Tenant read
 //! from a file (`bulkhead-operator render`), stored under an older CRD, or on
@@ -29,6 +37,15 @@ pub const MAX_REPLICAS: i32 = 50;
 pub const MAX_REF_NAME_LEN: usize = 63;
 /// Longest allow-list path pattern.
 pub const MAX_PATH_LEN: usize = 512;
+/// Longest connector base URL.
+pub const MAX_BASE_URL_LEN: usize = 2048;
+/// Largest sustained rate of a rate limit, in requests per minute (the
+/// schema's `maximum`).
+pub const MAX_REQUESTS_PER_MINUTE: u32 = 1_000_000;
+/// Largest burst of a rate limit (the schema's `maximum`).
+pub const MAX_BURST: u32 = 100_000;
+/// Longest tool name of a per-tool rate limit.
+pub const MAX_TOOL_NAME_LEN: usize = 128;
 /// Largest number of entries of each list in the spec, as the schema's
 /// `maxItems` states them. Bounded lists keep the CEL rules' cost within
 /// the API server's budget.
@@ -43,10 +60,6 @@ pub const MAX_ITEMS: &[(&str, usize)] = &[
     ("spec.network.egress.ports", 32),
     ("spec.rateLimits.perTool", 64),
 ];
-/// Largest sustained rate of a rate limit, in requests per minute.
-pub const MAX_REQUESTS_PER_MINUTE: u32 = 1_000_000;
-/// Largest burst of a rate limit, in requests.
-pub const MAX_BURST: u32 = 100_000;
 /// HTTP methods an `http` connector's allow-list may name.
 pub const ALLOWED_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
 
@@ -419,11 +432,8 @@ fn validate_spec(tenant: &Tenant, errors: &mut Errors) {
     let mut tools = BTreeSet::new();
     for (i, tool) in spec.rate_limits.per_tool.iter().enumerate() {
         let field = format!("spec.rateLimits.perTool[{i}]");
-        if tool.tool.is_empty() || tool.tool.chars().count() > 128 {
-            errors.add(
-                format!("{field}.tool"),
-                "must name a tool (1 to 128 characters)",
-            );
+        if let Err(reason) = check_tool_name(&tool.tool) {
+            errors.add(format!("{field}.tool"), reason);
         } else if !tools.insert(tool.tool.as_str()) {
             errors.add(
                 format!("{field}.tool"),
@@ -509,17 +519,10 @@ fn validate_connector(
     }
     for (j, rule) in connector.allow.iter().enumerate() {
         let rule_field = format!("{field}.allow[{j}]");
-        if !ALLOWED_METHODS.contains(&rule.method.as_str()) {
-            errors.add(
-                format!("{rule_field}.method"),
-                format!(
-                    "{:?} is not one of {}",
-                    rule.method,
-                    ALLOWED_METHODS.join(", ")
-                ),
-            );
+        if let Err(reason) = check_allow_method(&rule.method) {
+            errors.add(format!("{rule_field}.method"), reason);
         }
-        if let Err(reason) = check_path_pattern(&rule.path) {
+        if let Err(reason) = check_allow_path(&rule.path) {
             errors.add(
                 format!("{rule_field}.path"),
                 format!("{:?} {reason}", rule.path),
@@ -528,15 +531,23 @@ fn validate_connector(
     }
 }
 
-/// An upstream base URL: http(s), a host, no credentials, query or fragment.
-fn check_base_url(url: &str) -> Result<(), &'static str> {
+/// A connector's base URL: `https://` (or `http://`) with a host that
+/// parses as a URL host (WHATWG URL Standard, as the server's HTTP client
+/// reads it), no user information, query or fragment, at most
+/// [`MAX_BASE_URL_LEN`] characters and no whitespace or control characters.
+///
+/// # Errors
+/// The reason, to follow the quoted URL in a message.
+pub fn check_base_url(url: &str) -> Result<(), &'static str> {
+    if url.chars().count() > MAX_BASE_URL_LEN
+        || url.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err("must be at most 2048 characters without spaces");
+    }
     let rest = url
         .strip_prefix("https://")
         .or_else(|| url.strip_prefix("http://"))
         .ok_or("must start with https:// (or http://)")?;
-    if url.chars().count() > 2048 || url.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err("must be at most 2048 characters without spaces");
-    }
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.is_empty() {
         return Err("has no host");
@@ -547,56 +558,118 @@ fn check_base_url(url: &str) -> Result<(), &'static str> {
     if rest.contains(['?', '#']) {
         return Err("must not carry a query or fragment");
     }
+    match url::Url::parse(url) {
+        Ok(parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => Ok(()),
+        Ok(_) => Err("has no host"),
+        Err(_) => Err("is not a valid URL: check the host name and the port (1-65535)"),
+    }
+}
+
+/// An HTTP method an `http` connector's allow-list may name: one of
+/// [`ALLOWED_METHODS`], upper case.
+///
+/// # Errors
+/// The reason, naming the method.
+pub fn check_allow_method(method: &str) -> Result<(), String> {
+    if ALLOWED_METHODS.contains(&method) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{method:?} is not one of {}",
+            ALLOWED_METHODS.join(", ")
+        ))
+    }
+}
+
+/// True for a character a literal allow-list path segment may hold: an RFC
+/// 3986 `pchar` (section 3.3) other than `%` (no percent-encoding, so a
+/// pattern means one path only) and `*` (the wildcard).
+fn is_literal_segment_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || "-._~!$&'()+,;=:@".contains(c)
+}
+
+/// An allow-list path pattern: `/`, or `/`-separated segments each of which
+/// is `*` (one segment), `**` (any number of segments; last only) or a
+/// non-empty literal of RFC 3986 path characters without `%` and other than
+/// `.` and `..`; at most [`MAX_PATH_LEN`] characters. So no empty segment
+/// (`/v1/`, `/v1//x`), no percent-encoding (`/v1/%7Euser`), no backslash,
+/// query, fragment, whitespace or control character.
+///
+/// The CRD schema states the same rule as a `pattern` and a CEL rule.
+///
+/// # Errors
+/// The reason, to follow the quoted path in a message.
+pub fn check_allow_path(path: &str) -> Result<(), &'static str> {
+    let rest = path.strip_prefix('/').ok_or("must start with '/'")?;
+    if path.chars().count() > MAX_PATH_LEN {
+        return Err("must be at most 512 characters");
+    }
+    if rest.is_empty() {
+        return Ok(());
+    }
+    let segments: Vec<&str> = rest.split('/').collect();
+    for (i, segment) in segments.iter().enumerate() {
+        match *segment {
+            "" => return Err("must not contain an empty segment ('//' or a trailing '/')"),
+            "**" if i + 1 != segments.len() => {
+                return Err("may use '**' only as the last segment");
+            }
+            "*" | "**" => {}
+            "." | ".." => return Err("must not contain '.' or '..' segments"),
+            s if s.contains('*') => return Err("may use '*' only as a whole path segment"),
+            s if s.contains('%') => {
+                return Err("must not contain percent-encoding: write each character as itself");
+            }
+            s if !s.chars().all(is_literal_segment_char) => {
+                return Err(
+                    "may contain only letters, digits and - . _ ~ ! $ & ' ( ) + , ; = : @ in a segment (no '\\', '?', '#', spaces or other characters)",
+                );
+            }
+            _ => {}
+        }
+    }
     Ok(())
 }
 
-/// An allow-list path pattern: absolute, `*` as a whole segment, `**` only last.
-fn check_path_pattern(path: &str) -> Result<(), &'static str> {
-    if !path.starts_with('/') {
-        return Err("must start with '/'");
+/// The problems of a rate limit, each with the name of its field
+/// (`requestsPerMinute` or `burst`): a sustained rate of 1 to
+/// [`MAX_REQUESTS_PER_MINUTE`] per minute and a burst of 1 to [`MAX_BURST`].
+pub fn check_rate_limit(limit: &RateLimit) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    if limit.requests_per_minute == 0 {
+        problems.push((
+            "requestsPerMinute",
+            "must be at least 1 (remove the connector or tool to forbid it)".to_owned(),
+        ));
+    } else if limit.requests_per_minute > MAX_REQUESTS_PER_MINUTE {
+        problems.push((
+            "requestsPerMinute",
+            format!("must be at most {MAX_REQUESTS_PER_MINUTE}"),
+        ));
     }
-    if path.chars().count() > MAX_PATH_LEN
-        || path.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
-        return Err("must be at most 512 characters without spaces");
+    if limit.burst == 0 {
+        problems.push(("burst", "must be at least 1".to_owned()));
+    } else if limit.burst > MAX_BURST {
+        problems.push(("burst", format!("must be at most {MAX_BURST}")));
     }
-    if path.contains(['?', '#']) {
-        return Err("must not carry a query or fragment");
+    problems
+}
+
+/// The tool name of a per-tool rate limit: 1 to [`MAX_TOOL_NAME_LEN`] characters.
+///
+/// # Errors
+/// The reason.
+pub fn check_tool_name(tool: &str) -> Result<(), &'static str> {
+    if tool.is_empty() || tool.chars().count() > MAX_TOOL_NAME_LEN {
+        Err("must name a tool (1 to 128 characters)")
+    } else {
+        Ok(())
     }
-    let segments: Vec<&str> = path[1..].split('/').collect();
-    for (i, segment) in segments.iter().enumerate() {
-        if *segment == "**" && i + 1 != segments.len() {
-            return Err("may use '**' only as the last segment");
-        }
-        if segment.contains('*') && *segment != "*" && *segment != "**" {
-            return Err("may use '*' only as a whole path segment");
-        }
-        if *segment == ".." || *segment == "." {
-            return Err("must not contain '.' or '..' segments");
-        }
-    }
-    Ok(())
 }
 
 fn validate_rate_limit(field: &str, limit: &RateLimit, errors: &mut Errors) {
-    if limit.requests_per_minute == 0 {
-        errors.add(
-            format!("{field}.requestsPerMinute"),
-            "must be at least 1 (remove the connector or tool to forbid it)",
-        );
-    } else if limit.requests_per_minute > MAX_REQUESTS_PER_MINUTE {
-        errors.add(
-            format!("{field}.requestsPerMinute"),
-            format!("must be at most {MAX_REQUESTS_PER_MINUTE}"),
-        );
-    }
-    if limit.burst == 0 {
-        errors.add(format!("{field}.burst"), "must be at least 1");
-    } else if limit.burst > MAX_BURST {
-        errors.add(
-            format!("{field}.burst"),
-            format!("must be at most {MAX_BURST}"),
-        );
+    for (name, reason) in check_rate_limit(limit) {
+        errors.add(format!("{field}.{name}"), reason);
     }
 }
 

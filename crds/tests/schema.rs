@@ -204,3 +204,27 @@ fn the_rule_checks_above_can_fail() {
     );
     assert!(!warnings.is_empty());
 }
+
+#[test]
+fn rate_limit_bounds_in_the_schema_match_the_code() {
+    use bulkhead_crds::validation::{MAX_BURST, MAX_REQUESTS_PER_MINUTE, MAX_TOOL_NAME_LEN};
+    let schema = openapi_schema();
+    let limits = &schema["properties"]["spec"]["properties"]["rateLimits"]["properties"];
+    for node in [&limits["perCaller"], &limits["perTool"]["items"]] {
+        let fields = &node["properties"];
+        assert_eq!(fields["requestsPerMinute"]["minimum"].as_f64(), Some(1.0));
+        assert_eq!(
+            fields["requestsPerMinute"]["maximum"].as_f64(),
+            Some(f64::from(MAX_REQUESTS_PER_MINUTE))
+        );
+        assert_eq!(fields["burst"]["minimum"].as_f64(), Some(1.0));
+        assert_eq!(
+            fields["burst"]["maximum"].as_f64(),
+            Some(f64::from(MAX_BURST))
+        );
+    }
+    assert_eq!(
+        limits["perTool"]["items"]["properties"]["tool"]["maxLength"].as_u64(),
+        Some(MAX_TOOL_NAME_LEN as u64)
+    );
+}

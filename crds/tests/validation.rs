@@ -314,3 +314,40 @@ fn quantities_are_judged_alike_by_code_and_cel() {
         }
     }
 }
+
+#[test]
+fn allow_paths_are_judged_alike_by_code_and_schema() {
+    let schema = openapi_schema();
+    const FIELD: &str = "spec.connectors[1].allow[0].path";
+    let node = schema_of(&schema, FIELD);
+    for path in [
+        "/",
+        "/**",
+        "/*",
+        "/v1/invoices/*",
+        "/v1/*/reminders",
+        "/v1/customers/**",
+        "/v1/~user/x",
+        "/v1/a:b@c/(x)/'q'/a=b&c/+/a;b/...",
+        "/v1/",
+        "/v1//x",
+        "//",
+        "/v1/%7Euser/x",
+        "/v1/a\\b",
+        "/v1/a b",
+        "/v1/é",
+        "/v1/x?y",
+        "/v1/a#b",
+        "/v1/**/x",
+        "/v1/a*",
+        "/v1/./x",
+        "/v1/..",
+        "v1/x",
+    ] {
+        let mut tenant = example("full");
+        tenant["spec"]["connectors"][1]["allow"][0]["path"] = json!(path);
+        let by_code = code_validation(&tenant).is_ok();
+        let by_schema = !keywords_refuse(node, &json!(path)) && cel_validation(&tenant).is_ok();
+        assert_eq!(by_code, by_schema, "{path:?}");
+    }
+}

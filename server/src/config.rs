@@ -1,7 +1,11 @@
 //! Loading and checking the server configuration.
 //!
 //! The format is [`ServerConfig`] from `bulkhead-crds`, the same type the
-//! operator serialises, so the two cannot drift. Relative paths of `file` and
+//! operator serialises, so the two cannot drift. Every value that comes from
+//! a Tenant field is checked with that field's rule from
+//! `bulkhead_crds::validation` (the rulebook the CRD schema and the operator
+//! use), so a configuration the operator renders from a valid Tenant always
+//! loads, and one it would refuse never does. Relative paths of `file` and
 //! `directory` sources are resolved against the configuration file's
 //! directory, so a configuration works from any working directory.
 
@@ -10,6 +14,10 @@ use std::path::{Path, PathBuf};
 
 use bulkhead_crds::server_config::{SecretSource, ServerConfig};
 use bulkhead_crds::tenant::ConnectorType;
+use bulkhead_crds::validation::{
+    check_allow_method, check_allow_path, check_base_url, check_rate_limit, check_tool_name,
+    is_dns_label, is_ref_name, is_secret_key,
+};
 
 /// Why the configuration cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -65,11 +73,19 @@ fn resolve_source(source: &mut SecretSource, base: &Path) {
 }
 
 /// Checks what the type system cannot: names that must match, limits that
-/// must be positive, URLs that must parse.
+/// must be positive, URLs that must parse, and every Tenant-derived value
+/// against its rule in `bulkhead_crds::validation`.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the first offending value.
 pub fn validate(config: &ServerConfig) -> Result<(), ConfigError> {
     let invalid = |m: String| Err(ConfigError::Invalid(m));
-    if config.tenant_id.trim().is_empty() {
-        return invalid("tenantId must not be empty".into());
+    // The tenant id is the Tenant's `metadata.name`, a DNS-1123 label.
+    if !is_dns_label(&config.tenant_id) {
+        return invalid(format!(
+            "tenantId {:?} must be a DNS-1123 label (lower-case letters, digits and '-', starting and ending with a letter or digit)",
+            config.tenant_id
+        ));
     }
     if config.allowed_hosts.is_empty() {
         return invalid(
@@ -96,15 +112,31 @@ pub fn validate(config: &ServerConfig) -> Result<(), ConfigError> {
     if config.credential_ttl_seconds == 0 {
         return invalid("credentialTtlSeconds must be positive".into());
     }
-    let credential_names: HashSet<&str> = config
-        .credential_keys
-        .iter()
-        .map(|c| c.name.as_str())
-        .collect();
+    let mut credential_names = HashSet::new();
+    for credential in &config.credential_keys {
+        if !is_ref_name(&credential.name) {
+            return invalid(format!(
+                "credential name {:?} must be 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter and not ending in '-' or '_'",
+                credential.name
+            ));
+        }
+        if !credential_names.insert(credential.name.as_str()) {
+            return invalid(format!(
+                "credential name {:?} is used twice",
+                credential.name
+            ));
+        }
+        if !is_secret_key(&credential.key) {
+            return invalid(format!(
+                "credential {:?}: key {:?} is not a valid Secret key (letters, digits, '-', '_' and '.', at most 253 characters)",
+                credential.name, credential.key
+            ));
+        }
+    }
     let mut connector_names = HashSet::new();
     for connector in &config.connectors {
         // Connector names become tool name prefixes: the Tenant's own rule.
-        if !bulkhead_crds::validation::is_ref_name(&connector.name) {
+        if !is_ref_name(&connector.name) {
             return invalid(format!(
                 "connector name {:?} must be 1-63 characters of a-z, 0-9, '-' and '_', starting with a letter and not ending in '-' or '_'",
                 connector.name
@@ -113,22 +145,10 @@ pub fn validate(config: &ServerConfig) -> Result<(), ConfigError> {
         if !connector_names.insert(connector.name.as_str()) {
             return invalid(format!("connector name {:?} is used twice", connector.name));
         }
-        let url = url::Url::parse(&connector.base_url).map_err(|e| {
-            ConfigError::Invalid(format!(
-                "connector {:?}: baseUrl {:?} is not a URL: {e}",
+        if let Err(reason) = check_base_url(&connector.base_url) {
+            return invalid(format!(
+                "connector {:?}: baseUrl {:?} {reason}",
                 connector.name, connector.base_url
-            ))
-        })?;
-        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-            return invalid(format!(
-                "connector {:?}: baseUrl must be an http(s) URL with a host",
-                connector.name
-            ));
-        }
-        if !url.username().is_empty() || url.password().is_some() || url.query().is_some() {
-            return invalid(format!(
-                "connector {:?}: baseUrl must not carry user info or a query; use a credential",
-                connector.name
             ));
         }
         if let Some(credential) = &connector.credential
@@ -148,25 +168,55 @@ pub fn validate(config: &ServerConfig) -> Result<(), ConfigError> {
                     ));
                 }
                 for rule in &connector.allow {
+                    if let Err(reason) = check_allow_method(&rule.method) {
+                        return invalid(format!("connector {:?}: {reason}", connector.name));
+                    }
+                    if let Err(reason) = check_allow_path(&rule.path) {
+                        return invalid(format!(
+                            "connector {:?}: allow path {:?} {reason}",
+                            connector.name, rule.path
+                        ));
+                    }
                     crate::connectors::http::AllowPattern::parse(&rule.method, &rule.path)
                         .map_err(|e| {
                             ConfigError::Invalid(format!("connector {:?}: {e}", connector.name))
                         })?;
                 }
             }
-            ConnectorType::Github => {}
+            ConnectorType::Github => {
+                if !connector.allow.is_empty() {
+                    return invalid(format!(
+                        "github connector {:?} takes no allow rules (it exposes a fixed set of read-only tools)",
+                        connector.name
+                    ));
+                }
+            }
         }
     }
     let limits = &config.rate_limits;
     if let Some(per_caller) = &limits.per_caller
-        && per_caller.requests_per_minute == 0
+        && let Some((field, reason)) = check_rate_limit(per_caller).into_iter().next()
     {
-        return invalid("rateLimits.perCaller.requestsPerMinute must be positive".into());
+        return invalid(format!("rateLimits.perCaller.{field} {reason}"));
     }
+    let mut tools = HashSet::new();
     for tool in &limits.per_tool {
-        if tool.requests_per_minute == 0 {
+        if let Err(reason) = check_tool_name(&tool.tool) {
+            return invalid(format!("rateLimits.perTool tool {:?} {reason}", tool.tool));
+        }
+        if !tools.insert(tool.tool.as_str()) {
             return invalid(format!(
-                "rateLimits.perTool for {:?}: requestsPerMinute must be positive",
+                "rateLimits.perTool names tool {:?} more than once",
+                tool.tool
+            ));
+        }
+        let limit = bulkhead_crds::tenant::RateLimit {
+            requests_per_minute: tool.requests_per_minute,
+            burst: tool.burst,
+        };
+        if let Some((field, reason)) = check_rate_limit(&limit).into_iter().next() {
+            return invalid(format!(
+                "rateLimits.perTool for {:?}: {field} {reason}",
                 tool.tool
             ));
         }
@@ -255,5 +305,60 @@ connectors:
             .unwrap_err()
             .to_string();
         assert!(error.contains("allowedHosts"), "{error}");
+    }
+
+    #[test]
+    fn allow_paths_the_tenant_rules_refuse_are_refused() {
+        // The YAML double-quoted scalar turns "a\\\\b" into a single backslash.
+        for path in [
+            "/v1/",
+            "/v1//x",
+            "/v1/%7Euser/x",
+            "/v1/a\\\\b",
+            "/v1/a b",
+            "/v1/../x",
+        ] {
+            let text = MINIMAL.replace("/v1/invoices/*", path);
+            let error = load(&write("paths", &text)).unwrap_err().to_string();
+            assert!(
+                error.contains("billing") && error.contains("allow path"),
+                "{path}: {error}"
+            );
+            assert!(
+                bulkhead_crds::validation::check_allow_path(path).is_err(),
+                "{path}"
+            );
+        }
+        for path in [
+            "/",
+            "/**",
+            "/v1/~user/x",
+            "/v1/invoices.json",
+            "/v1/*/a:b@c",
+        ] {
+            let text = MINIMAL.replace("/v1/invoices/*", path);
+            load(&write("paths-ok", &text)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        }
+    }
+
+    #[test]
+    fn base_urls_and_rate_limits_follow_the_tenant_rules() {
+        for url in [
+            "https://a:99999/x",
+            "https://exa%mple.com",
+            "ftp://x",
+            "https://u@h",
+        ] {
+            let text = MINIMAL.replace("https://billing.example.com/api", url);
+            let error = load(&write("urls", &text)).unwrap_err().to_string();
+            assert!(error.contains("baseUrl"), "{url}: {error}");
+        }
+        let error = load(&write(
+            "burst",
+            &format!("{MINIMAL}rateLimits: {{perCaller: {{requestsPerMinute: 1, burst: 0}}}}\n"),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("burst"), "{error}");
     }
 }

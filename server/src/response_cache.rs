@@ -1,23 +1,28 @@
 //! A short-lived cache of successful upstream GET responses.
 //!
-//! Every key carries the tenant id and the connector name with the resource,
-//! so even if a cache were ever shared, one tenant's entry could not answer
-//! another tenant's request. Off unless `--response-cache-seconds` is set.
+//! Every key carries the tenant id, the caller id, the connector name and
+//! the request, so one tenant's entry never answers another tenant, and one
+//! caller's entry never answers another caller of the same tenant (whose
+//! access, or credential, may differ). Off unless `--response-cache-seconds`
+//! is set.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::identity::TenantId;
+use crate::identity::{CallerId, TenantId};
 
 /// What a cached entry is for.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CacheKey {
     /// The tenant the response was fetched for.
     pub tenant: TenantId,
+    /// The authenticated caller it was fetched for.
+    pub caller: CallerId,
     /// The connector that fetched it.
     pub connector: String,
-    /// The upstream resource (full URL with query).
+    /// The request: the upstream resource (full URL with query) fetched
+    /// with `GET`, the only method cached.
     pub resource: String,
 }
 
@@ -85,12 +90,34 @@ impl ResponseCache {
 mod tests {
     use super::*;
 
-    fn key(tenant: &str) -> CacheKey {
+    fn key_for(tenant: &str, caller: &str) -> CacheKey {
         CacheKey {
             tenant: TenantId::new(tenant),
+            caller: CallerId::new(caller),
             connector: "github".into(),
             resource: "https://api.github.com/repos/o/r".into(),
         }
+    }
+
+    fn key(tenant: &str) -> CacheKey {
+        key_for(tenant, "alice")
+    }
+
+    #[test]
+    fn an_entry_answers_only_its_own_caller() {
+        let cache = ResponseCache::new(Duration::from_secs(60), 10);
+        cache.put(
+            key_for("a", "alice"),
+            CachedResponse {
+                status: 200,
+                body: Arc::new(serde_json::json!({"for": "alice"})),
+            },
+        );
+        assert_eq!(
+            cache.get(&key_for("a", "alice")).unwrap().body["for"],
+            "alice"
+        );
+        assert!(cache.get(&key_for("a", "bob")).is_none());
     }
 
     #[test]

@@ -8,6 +8,15 @@
 //! - `file`: a YAML map of key to value, re-read every poll interval.
 //! - `directory`: one file per key (a mounted Secret), re-read every poll
 //!   interval. Kubernetes' `..data` bookkeeping entries are skipped.
+//!
+//! A local source may be read while it is being rewritten in place
+//! (truncated, then written). So a change is taken only once two reads
+//! [`SETTLE`] apart agree, in content and in the file's modification time
+//! and size (so a writer that rewrites the file between them, even with the
+//! same half-written text, is noticed); a file with no YAML document at all (empty,
+//! whitespace or only comments) or one that does not parse keeps the last
+//! good values and says so in the log; an explicit empty map (`{}`) means
+//! "no entries", and a deleted file or directory means no entries as well.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -24,6 +33,46 @@ use tokio_util::sync::CancellationToken;
 
 /// The values of one secret source, by key.
 pub type SecretData = BTreeMap<String, SecretString>;
+
+/// How long a changed local source must read the same before the change is
+/// taken: long enough for a rewrite in place to finish, short enough that
+/// removing an entry still takes effect within a poll.
+pub const SETTLE: Duration = Duration::from_millis(200);
+/// Reads of one poll while a local source keeps changing; after that the
+/// last good values stay until the next poll.
+const MAX_SETTLE_READS: usize = 5;
+
+/// When and how large a local file was when read: `None` for a directory
+/// (a mounted Secret is swapped atomically, by symlink).
+type FileStamp = Option<(std::time::SystemTime, u64)>;
+
+/// One read of a local file or directory source.
+enum LocalRead {
+    /// Entries (possibly none, written as `{}`).
+    Entries(SecretData, FileStamp),
+    /// A file without any YAML document: empty, whitespace or comments only.
+    Blank(FileStamp),
+    /// The file was written to while it was read.
+    Changing,
+    /// The file or directory does not exist.
+    Missing,
+    /// The source cannot be read or parsed.
+    Unreadable(SecretSourceError),
+}
+
+impl LocalRead {
+    /// Whether two reads saw the same thing.
+    fn same_as(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Entries(a, stamp_a), Self::Entries(b, stamp_b)) => {
+                stamp_a == stamp_b && same_values(a, b)
+            }
+            (Self::Blank(a), Self::Blank(b)) => a == b,
+            (Self::Missing, Self::Missing) => true,
+            _ => false,
+        }
+    }
+}
 
 /// Why a secret source could not be read. Never carries a secret value.
 #[derive(Debug, thiserror::Error)]
@@ -182,25 +231,88 @@ impl SecretLocation {
                 interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     interval.tick().await;
-                    match self.load().await {
-                        Ok(data) => publish(&tx, data),
-                        // A deleted file or directory is an empty source: removing
-                        // the key file must revoke every key, not freeze them.
-                        Err(SecretSourceError::Read { source, .. })
-                            if source.kind() == std::io::ErrorKind::NotFound =>
-                        {
-                            tracing::warn!("secret source is gone; treating it as empty");
-                            publish(&tx, SecretData::new());
-                        }
-                        // A half-written or mistyped file keeps the last good
-                        // values, so a typo does not lock every caller out.
-                        Err(error) => {
-                            tracing::error!(%error, "secret source unreadable; keeping the last good values");
-                        }
-                    }
+                    self.poll_local(&tx).await;
                 }
             }
         }
+    }
+
+    /// Reads a local source once, telling a blank or missing file apart.
+    async fn read_local(&self) -> LocalRead {
+        let (result, stamp) = match &self.source {
+            SecretSource::File { path } => {
+                let path = Path::new(path);
+                let before = file_stamp(path).await;
+                let result = read_yaml_document(path).await;
+                let after = file_stamp(path).await;
+                if before != after {
+                    return LocalRead::Changing;
+                }
+                (result, after)
+            }
+            _ => (self.load().await.map(Some), None),
+        };
+        match result {
+            Ok(Some(data)) => LocalRead::Entries(data, stamp),
+            Ok(None) => LocalRead::Blank(stamp),
+            Err(SecretSourceError::Read { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                LocalRead::Missing
+            }
+            Err(error) => LocalRead::Unreadable(error),
+        }
+    }
+
+    /// One poll of a local source: a change is published once two reads
+    /// [`SETTLE`] apart agree, so a file caught half-way through a rewrite
+    /// in place is never taken for the new set.
+    async fn poll_local(&self, tx: &watch::Sender<Option<Arc<SecretData>>>) {
+        let mut read = self.read_local().await;
+        for _ in 0..MAX_SETTLE_READS {
+            let has_values = tx.borrow().is_some();
+            match &read {
+                // A blank file is what a rewrite in place looks like before
+                // the new text arrives: keep the last good values. Only at
+                // start-up, with nothing to keep, does it mean no entries.
+                LocalRead::Blank(_) if has_values => {
+                    tracing::warn!(
+                        "secret source is an empty file; keeping the last good values (write `{{}}` for no entries)"
+                    );
+                    return;
+                }
+                // A half-written or mistyped file keeps the last good values,
+                // so a typo does not lock every caller out.
+                LocalRead::Unreadable(error) => {
+                    tracing::error!(%error, "secret source unreadable; keeping the last good values");
+                    return;
+                }
+                LocalRead::Entries(data, _) if is_current(tx, data) => return,
+                LocalRead::Missing if is_current(tx, &SecretData::new()) => return,
+                _ => {}
+            }
+            tokio::time::sleep(SETTLE).await;
+            let again = self.read_local().await;
+            if !again.same_as(&read) {
+                read = again;
+                continue;
+            }
+            match again {
+                LocalRead::Entries(data, _) => publish(tx, data),
+                // A deleted file or directory is an empty source: removing
+                // the key file must revoke every key, not freeze them.
+                LocalRead::Missing => {
+                    tracing::warn!("secret source is gone; treating it as empty");
+                    publish(tx, SecretData::new());
+                }
+                LocalRead::Blank(_) => publish(tx, SecretData::new()),
+                LocalRead::Changing | LocalRead::Unreadable(_) => {}
+            }
+            return;
+        }
+        tracing::warn!(
+            "secret source kept changing while read; keeping the last good values until the next poll"
+        );
     }
 
     /// `get`, then `watch` from its resourceVersion; on any watch end or
@@ -265,6 +377,19 @@ impl SecretLocation {
     }
 }
 
+/// Modification time and size of a file, if it can be read.
+async fn file_stamp(path: &Path) -> FileStamp {
+    let metadata = tokio::fs::metadata(path).await.ok()?;
+    Some((metadata.modified().ok()?, metadata.len()))
+}
+
+/// Whether `data` is what the source already holds.
+fn is_current(tx: &watch::Sender<Option<Arc<SecretData>>>, data: &SecretData) -> bool {
+    tx.borrow()
+        .as_deref()
+        .is_some_and(|current| same_values(current, data))
+}
+
 fn publish(tx: &watch::Sender<Option<Arc<SecretData>>>, data: SecretData) {
     tx.send_if_modified(|current| {
         let changed = current
@@ -320,6 +445,12 @@ fn text(bytes: Vec<u8>, location: &str, key: &str) -> Result<SecretString, Secre
 }
 
 async fn read_yaml_map(path: &Path) -> Result<SecretData, SecretSourceError> {
+    Ok(read_yaml_document(path).await?.unwrap_or_default())
+}
+
+/// The YAML map in `path`, or `None` when the file holds no YAML document
+/// (empty, whitespace or only comments).
+async fn read_yaml_document(path: &Path) -> Result<Option<SecretData>, SecretSourceError> {
     let bytes = tokio::fs::read(path)
         .await
         .map_err(|source| SecretSourceError::Read {
@@ -327,9 +458,8 @@ async fn read_yaml_map(path: &Path) -> Result<SecretData, SecretSourceError> {
             source,
         })?;
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(SecretData::new());
+        return Ok(None);
     }
-    // A file with only comments is an empty document: no entries.
     let map: Option<BTreeMap<String, String>> =
         yaml_serde::from_slice(&bytes).map_err(|e| SecretSourceError::Parse {
             path: path.to_owned(),
@@ -338,11 +468,11 @@ async fn read_yaml_map(path: &Path) -> Result<SecretData, SecretSourceError> {
                 |l| format!("line {} column {}", l.line(), l.column()),
             ),
         })?;
-    Ok(map
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, SecretString::from(v)))
-        .collect())
+    Ok(map.map(|map| {
+        map.into_iter()
+            .map(|(k, v)| (k, SecretString::from(v)))
+            .collect()
+    }))
 }
 
 async fn read_directory(path: &Path) -> Result<SecretData, SecretSourceError> {

@@ -244,6 +244,51 @@ pub fn cases() -> Vec<Case> {
             schema: Schema::Cel("'..'"),
         },
         Case {
+            name: "trailing '/' (an empty last segment)",
+            edit: |t| t["spec"]["connectors"][1]["allow"][0]["path"] = json!("/v1/"),
+            field: "spec.connectors[1].allow[0].path",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "empty segment in the middle",
+            edit: |t| t["spec"]["connectors"][1]["allow"][0]["path"] = json!("/v1//x"),
+            field: "spec.connectors[1].allow[0].path",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "percent-encoded segment",
+            edit: |t| t["spec"]["connectors"][1]["allow"][0]["path"] = json!("/v1/%7Euser/x"),
+            field: "spec.connectors[1].allow[0].path",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "backslash in a segment",
+            edit: |t| t["spec"]["connectors"][1]["allow"][0]["path"] = json!("/v1/a\\b"),
+            field: "spec.connectors[1].allow[0].path",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "letter outside ASCII in a segment",
+            edit: |t| t["spec"]["connectors"][1]["allow"][0]["path"] = json!("/v1/é"),
+            field: "spec.connectors[1].allow[0].path",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "path of 513 characters",
+            edit: |t| {
+                t["spec"]["connectors"][1]["allow"][0]["path"] =
+                    json!(format!("/{}", "a".repeat(512)))
+            },
+            field: "spec.connectors[1].allow[0].path",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "IPv4-mapped IPv6 range of all IPv4",
+            edit: |t| t["spec"]["network"]["egress"]["cidrs"][0] = json!("::ffff:0.0.0.0/96"),
+            field: "spec.network.egress.cidrs[0]",
+            schema: Schema::Cel("canonical CIDR notation"),
+        },
+        Case {
             name: "empty namespace selector",
             edit: |t| t["spec"]["network"]["ingressFrom"][1] = json!({}),
             field: "spec.network.ingressFrom[1]",
@@ -450,10 +495,17 @@ pub fn valid_cases() -> Vec<ValidCase> {
             edit: |t| t["spec"]["server"]["runtimeClassName"] = json!("r".repeat(64)),
         },
         ValidCase {
-            name: "path of 512 characters, 1023 bytes",
+            name: "path of 512 characters",
             edit: |t| {
                 t["spec"]["connectors"][1]["allow"][0]["path"] =
-                    json!(format!("/{}", "é".repeat(511)))
+                    json!(format!("/{}", "a".repeat(511)))
+            },
+        },
+        ValidCase {
+            name: "path of every character a literal segment takes",
+            edit: |t| {
+                t["spec"]["connectors"][1]["allow"][0]["path"] =
+                    json!("/v1/a:b@c/(x)/'q'/a=b&c/+/a;b/-._~!$,/...")
             },
         },
         ValidCase {

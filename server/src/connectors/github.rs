@@ -443,7 +443,7 @@ impl Connector for GithubConnector {
     }
 }
 
-/// GET a JSON resource, through the tenant-scoped cache.
+/// GET a JSON resource, through the cache scoped by tenant and caller.
 async fn fetch_json(
     upstream: &Upstream,
     context: &CallContext,
@@ -452,6 +452,7 @@ async fn fetch_json(
 ) -> ToolCall {
     let key = CacheKey {
         tenant: context.tenant.clone(),
+        caller: context.caller.clone(),
         connector: upstream.name.clone(),
         resource: url.to_string(),
     };

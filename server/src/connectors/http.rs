@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use bulkhead_crds::server_config::ConnectorConfig;
+use bulkhead_crds::validation::{check_allow_method, check_allow_path};
 use futures::future::BoxFuture;
 use rmcp::model::Tool;
 use schemars::JsonSchema;
@@ -50,7 +51,7 @@ pub enum PathError {
         /// Path pattern of the rule.
         path: String,
         /// What is wrong.
-        reason: &'static str,
+        reason: String,
     },
     /// The requested path is not a plain absolute path.
     #[error("path refused: {0}")]
@@ -65,44 +66,34 @@ pub enum PathError {
     },
 }
 
-const METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
-
 impl AllowPattern {
     /// Parses a rule: upper-case method, path starting with `/`, `*` for one
-    /// segment and a trailing `/**` for any number.
+    /// segment and a trailing `/**` for any number. Both are checked by the
+    /// Tenant rulebook ([`check_allow_method`], [`check_allow_path`]), so the
+    /// server refuses exactly the rules the CRD schema and the operator do.
+    ///
+    /// # Errors
+    /// [`PathError::BadRule`] with the rulebook's reason.
     pub fn parse(method: &str, path: &str) -> Result<Self, PathError> {
         let bad = |reason| PathError::BadRule {
             method: method.to_owned(),
             path: path.to_owned(),
             reason,
         };
-        if !METHODS.contains(&method) {
-            return Err(bad(
-                "method must be one of GET, HEAD, POST, PUT, PATCH, DELETE",
-            ));
-        }
-        let rest = path
-            .strip_prefix('/')
-            .ok_or_else(|| bad("path must start with '/'"))?;
-        let raw: Vec<&str> = if rest.is_empty() {
-            vec![]
-        } else {
-            rest.split('/').collect()
-        };
-        let mut segments = Vec::with_capacity(raw.len());
-        for (i, s) in raw.iter().enumerate() {
-            segments.push(match *s {
-                "**" if i + 1 == raw.len() => Segment::Rest,
-                "**" => return Err(bad("'**' is only allowed as the last segment")),
+        check_allow_method(method).map_err(bad)?;
+        check_allow_path(path).map_err(|reason| bad(format!("path {reason}")))?;
+        let segments = path
+            .split('/')
+            // The empty part before the leading '/', and the one after it
+            // when the path is "/": the rulebook refuses all other empty
+            // segments, and '**' anywhere but last.
+            .filter(|s| !s.is_empty())
+            .map(|s| match s {
+                "**" => Segment::Rest,
                 "*" => Segment::One,
-                "" => return Err(bad("empty path segment")),
-                "." | ".." => return Err(bad("'.' and '..' segments are not allowed")),
-                s if s.contains(['*', '%', '?', '#', '\\']) => {
-                    return Err(bad("segments are literals, '*' or a trailing '**'"));
-                }
-                s => Segment::Literal(s.to_owned()),
-            });
-        }
+                literal => Segment::Literal(literal.to_owned()),
+            })
+            .collect();
         Ok(Self {
             method: method.to_owned(),
             segments,
@@ -443,6 +434,24 @@ mod tests {
         assert!(AllowPattern::parse("get", "/v1").is_err());
         assert!(AllowPattern::parse("GET", "/v1/**/x").is_err());
         assert!(AllowPattern::parse("GET", "/v1/../x").is_err());
+        // The rulebook's rules beyond the structure of a pattern.
+        for path in [
+            "/v1/",
+            "/v1//x",
+            "/v1/%7Euser",
+            "/v1/a\\b",
+            "/v1/a b",
+            "/v1/é",
+        ] {
+            assert!(AllowPattern::parse("GET", path).is_err(), "{path}");
+        }
+        assert_eq!(
+            AllowPattern::parse("TRACE", "/v1").unwrap_err().to_string(),
+            format!(
+                "allow rule TRACE \"/v1\": {}",
+                check_allow_method("TRACE").unwrap_err()
+            )
+        );
     }
 
     #[test]

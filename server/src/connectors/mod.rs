@@ -3,6 +3,7 @@
 //! A connector type is one file implementing [`Connector`] and one line in
 //! [`connector_for`]; the tool catalog only maps tool names to connectors.
 
+pub mod address;
 pub mod github;
 pub mod http;
 pub mod upstream;

@@ -1,9 +1,10 @@
 //! The HTTP client every connector uses, and the rules it enforces: only the
-//! connector's own origin, no redirects, no proxies, no private, loopback or
-//! link-local addresses unless the configuration allows them (checked on the
-//! resolved IPs at connect time, so DNS cannot point a name elsewhere), a
-//! bounded response size, and errors that never carry an upstream body,
-//! token or address.
+//! connector's own origin, no redirects, no proxies, no private or loopback
+//! addresses unless the configuration allows them and no link-local or cloud
+//! metadata address ever, in any IPv6 form that carries one (the classifier
+//! in [`super::address`], applied to the resolved IPs at connect time, so DNS
+//! cannot point a name elsewhere), a bounded response size, and errors that
+//! never carry an upstream body, token or address.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use secrecy::ExposeSecret;
 use url::Url;
 
+use super::address::may_connect;
 use crate::credentials::CredentialStore;
 
 /// Largest upstream response body read.
@@ -92,79 +94,6 @@ pub struct UpstreamResponse {
     pub body: Vec<u8>,
 }
 
-/// Whether an address is one a connector may reach without
-/// `allowPrivateTargets`: not loopback, private, link-local (cloud metadata
-/// lives there), shared (CGNAT), unspecified, multicast or reserved.
-pub fn is_public_address(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            !(v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || v4.is_multicast()
-                || v4.is_documentation()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b))
-                || (a == 192 && b == 0)
-                || (a == 198 && (b == 18 || b == 19))
-                || a >= 240)
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = embedded_ipv4(v6) {
-                return is_public_address(IpAddr::V4(v4));
-            }
-            let [first, second, ..] = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-                // Site-local (deprecated, still routed by some stacks).
-                || (first & 0xffc0) == 0xfec0
-                || (first == 0x64 && second == 0xff9b)
-                // Teredo tunnels to an arbitrary IPv4 address.
-                || (first == 0x2001 && second == 0)
-                || (first == 0x2001 && second == 0x0db8))
-        }
-    }
-}
-
-/// The IPv4 address inside an IPv4-mapped (`::ffff:a.b.c.d`),
-/// IPv4-compatible (`::a.b.c.d`) or 6to4 (`2002:AABB:CCDD::/48`) IPv6
-/// address, which reaches that IPv4 address.
-fn embedded_ipv4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
-    if let Some(v4) = v6.to_ipv4_mapped() {
-        return Some(v4);
-    }
-    let segments = v6.segments();
-    let join =
-        |high: u16, low: u16| std::net::Ipv4Addr::from((u32::from(high) << 16) | u32::from(low));
-    if segments[..6] == [0; 6] && !(v6.is_loopback() || v6.is_unspecified()) {
-        return Some(join(segments[6], segments[7]));
-    }
-    if segments[0] == 0x2002 {
-        return Some(join(segments[1], segments[2]));
-    }
-    None
-}
-
-/// Whether a connector may connect to `ip`. Link-local addresses (cloud
-/// metadata at 169.254.169.254, `fe80::/10`) are refused even where
-/// `allowPrivateTargets` opens private and loopback ones.
-pub fn may_connect(ip: IpAddr, allow_private: bool) -> bool {
-    let link_local = match ip {
-        IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => {
-            embedded_ipv4(v6).is_some_and(|v4| v4.is_link_local())
-                || (v6.segments()[0] & 0xffc0) == 0xfe80
-        }
-    };
-    !link_local && (allow_private || is_public_address(ip))
-}
-
 /// Marker error returned by the resolver, found again in reqwest's error
 /// chain to tell "refused" from "unreachable".
 #[derive(Debug)]
@@ -178,19 +107,53 @@ impl std::fmt::Display for TargetRefused {
 
 impl std::error::Error for TargetRefused {}
 
+/// Where a connector looks names up.
+#[derive(Clone, Debug)]
+enum Lookup {
+    /// The system resolver; an address is dialled as resolved.
+    System,
+    /// Tests: every name resolves to `answers`, and an address the guard
+    /// admits is dialled at the loopback listener `dial`, so a test observes
+    /// connecting itself rather than a verdict.
+    #[cfg(test)]
+    Fixed {
+        answers: Vec<IpAddr>,
+        dial: SocketAddr,
+    },
+}
+
+impl Lookup {
+    /// Pairs of (address the guard judges, socket address dialled if admitted).
+    async fn candidates(&self, host: &str) -> std::io::Result<Vec<(IpAddr, SocketAddr)>> {
+        match self {
+            Self::System => Ok(tokio::net::lookup_host((host, 0))
+                .await?
+                .map(|a| (a.ip(), a))
+                .collect()),
+            #[cfg(test)]
+            Self::Fixed { answers, dial } => Ok(answers.iter().map(|ip| (*ip, *dial)).collect()),
+        }
+    }
+}
+
 /// Resolves names and keeps only the addresses the connector may reach.
 struct GuardedResolver {
     allow_private: bool,
+    lookup: Lookup,
 }
 
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let allow_private = self.allow_private;
+        let lookup = self.lookup.clone();
         let host = name.as_str().to_owned();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+            let addrs: Vec<SocketAddr> = lookup
+                .candidates(&host)
                 .await?
-                .filter(|a| may_connect(a.ip(), allow_private))
+                .into_iter()
+                .filter(|(ip, _)| may_connect(*ip, allow_private))
+                .map(|(_, dial)| dial)
                 .collect();
             if addrs.is_empty() {
                 return Err(Box::new(TargetRefused) as Box<dyn std::error::Error + Send + Sync>);
@@ -223,6 +186,14 @@ pub struct UpstreamSetupError {
 impl Upstream {
     /// The client for `config`, with `timeout` per upstream call.
     pub fn new(config: &ConnectorConfig, timeout: Duration) -> Result<Self, UpstreamSetupError> {
+        Self::with_lookup(config, timeout, Lookup::System)
+    }
+
+    fn with_lookup(
+        config: &ConnectorConfig,
+        timeout: Duration,
+        lookup: Lookup,
+    ) -> Result<Self, UpstreamSetupError> {
         let setup_error = |message: String| UpstreamSetupError {
             name: config.name.clone(),
             message,
@@ -238,6 +209,7 @@ impl Upstream {
             .user_agent(concat!("bulkhead-server/", env!("CARGO_PKG_VERSION")))
             .dns_resolver(Arc::new(GuardedResolver {
                 allow_private: config.allow_private_targets,
+                lookup,
             }))
             .build()
             .map_err(|e| setup_error(format!("cannot build HTTP client: {e}")))?;
@@ -360,52 +332,6 @@ pub fn install_crypto_provider() {
 mod tests {
     use super::*;
 
-    #[test]
-    fn private_and_metadata_addresses_are_not_public() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "::1",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-            "::ffff:169.254.169.254",
-            "::a9fe:a9fe",
-            "::10.0.0.1",
-            "2002:a9fe:a9fe::1",
-            "2002:7f00:1::1",
-            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
-            "fec0::1",
-            "198.18.0.1",
-        ] {
-            assert!(!is_public_address(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["140.82.112.6", "2606:4700::1111", "2002:8c52:7006::1"] {
-            assert!(is_public_address(ip.parse().unwrap()), "{ip}");
-        }
-    }
-
-    #[test]
-    fn link_local_stays_closed_when_private_targets_are_allowed() {
-        for ip in [
-            "169.254.169.254",
-            "fe80::1",
-            "::ffff:169.254.169.254",
-            "2002:a9fe:a9fe::1",
-        ] {
-            assert!(!may_connect(ip.parse().unwrap(), true), "{ip}");
-        }
-        for ip in ["127.0.0.1", "10.0.0.1", "::1"] {
-            assert!(may_connect(ip.parse().unwrap(), true), "{ip}");
-            assert!(!may_connect(ip.parse().unwrap(), false), "{ip}");
-        }
-    }
-
     fn upstream(base: &str, allow_private: bool) -> Upstream {
         Upstream::new(
             &ConnectorConfig {
@@ -477,5 +403,180 @@ mod tests {
             matches!(result, Err(UpstreamError::RefusedTarget)),
             "{result:?}"
         );
+    }
+
+    /// A loopback HTTP listener that counts the connections it accepts and
+    /// answers each with `200 {}`.
+    struct CountingListener {
+        addr: SocketAddr,
+        accepted: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl CountingListener {
+        async fn start() -> Self {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counter = accepted.clone();
+            tokio::spawn(async move {
+                while let Ok((mut socket, _)) = listener.accept().await {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::spawn(async move {
+                        let mut buffer = [0u8; 4096];
+                        let _ = socket.read(&mut buffer).await;
+                        let _ = socket
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}")
+                            .await;
+                    });
+                }
+            });
+            Self { addr, accepted }
+        }
+
+        fn accepted(&self) -> usize {
+            self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    }
+
+    fn no_credentials() -> CredentialStore {
+        CredentialStore::new(
+            crate::identity::TenantId::new("t"),
+            &[],
+            Arc::new(crate::credentials::SourceCredentialProvider::new(
+                crate::secret_source::SecretLocation::new(
+                    bulkhead_crds::server_config::SecretSource::File {
+                        path: "/nonexistent".into(),
+                    },
+                    None,
+                ),
+            )),
+            Duration::from_secs(1),
+        )
+    }
+
+    /// Every form an IPv6 address can carry an IPv4 address in, and the
+    /// cloud metadata addresses, resolved for the connector's host name: the
+    /// guard must refuse each before any connection is made, whatever
+    /// `allowPrivateTargets` says. The rows that must connect show the
+    /// listener does see a connection the guard admits.
+    #[tokio::test]
+    async fn forbidden_addresses_are_never_connected_to_in_any_form() {
+        // (address the name resolves to, allowPrivateTargets, connects)
+        const TABLE: &[(&str, bool, bool)] = &[
+            // Controls: admitted addresses are dialled.
+            ("140.82.112.6", false, true),
+            ("127.0.0.1", true, true),
+            ("64:ff9b::8c52:7006", false, true),
+            ("2002:8c52:7006::1", false, true),
+            // Private targets need allowPrivateTargets, in every form.
+            ("127.0.0.1", false, false),
+            ("::ffff:127.0.0.1", false, false),
+            ("::ffff:0:7f00:1", false, false),
+            ("64:ff9b::a00:1", false, false),
+            ("64:ff9b::a00:1", true, true),
+            ("2002:a00:1::1", false, false),
+            // Cloud metadata, never: IPv4, and IPv4 inside IPv6.
+            ("169.254.169.254", true, false),
+            ("169.254.170.2", true, false),
+            ("169.254.170.23", true, false),
+            ("100.100.100.200", true, false),
+            ("168.63.129.16", true, false),
+            ("168.63.129.16", false, false),
+            ("::ffff:169.254.169.254", true, false),
+            ("::a9fe:a9fe", true, false),
+            ("::ffff:0:a9fe:a9fe", false, false),
+            ("::ffff:0:a9fe:a9fe", true, false),
+            ("64:ff9b::a9fe:a9fe", true, false),
+            ("64:ff9b::a9fe:a9fe", false, false),
+            ("64:ff9b::6464:64c8", true, false),
+            ("::ffff:a83f:8110", false, false),
+            ("64:ff9b:1::a9fe:a9fe", true, false),
+            ("64:ff9b:1:a9fe:a9:fe00::", true, false),
+            ("64:ff9b:1:a9:fe:a9fe::", true, false),
+            ("64:ff9b:1:0:a9:fea9:fe00:0", true, false),
+            ("2002:a9fe:a9fe::1", true, false),
+            ("2001:0:a9fe:a9fe::1", true, false),
+            ("2001:0:4136:e378:8000:63bf:5601:5601", true, false),
+            ("fe80::a9fe:a9fe", true, false),
+            // Cloud metadata over IPv6 (AWS IMDS and EKS Pod Identity).
+            ("fd00:ec2::254", true, false),
+            ("fd00:ec2::254", false, false),
+            ("fd00:ec2::23", true, false),
+        ];
+        let listener = CountingListener::start().await;
+        let credentials = no_credentials();
+        let mut wrong = Vec::new();
+        for (address, allow_private, connects) in TABLE {
+            let ip: IpAddr = address.parse().unwrap();
+            let up = Upstream::with_lookup(
+                &ConnectorConfig {
+                    name: "billing".into(),
+                    connector_type: bulkhead_crds::tenant::ConnectorType::Http,
+                    base_url: format!("http://upstream.test:{}/", listener.addr.port()),
+                    credential: None,
+                    allow: vec![],
+                    allow_private_targets: *allow_private,
+                },
+                Duration::from_secs(2),
+                Lookup::Fixed {
+                    answers: vec![ip],
+                    dial: listener.addr,
+                },
+            )
+            .unwrap();
+            let before = listener.accepted();
+            let result = up
+                .send(
+                    reqwest::Method::GET,
+                    Url::parse(&format!("http://upstream.test:{}/x", listener.addr.port()))
+                        .unwrap(),
+                    &[],
+                    None,
+                    &credentials,
+                )
+                .await;
+            let connections = listener.accepted() - before;
+            let as_expected = if *connects {
+                connections == 1 && result.is_ok()
+            } else {
+                connections == 0 && matches!(result, Err(UpstreamError::RefusedTarget))
+            };
+            if !as_expected {
+                wrong.push(format!(
+                    "{address} (allowPrivateTargets: {allow_private}): {connections} connection(s), {result:?}"
+                ));
+            }
+        }
+        assert!(wrong.is_empty(), "{wrong:#?}");
+    }
+
+    /// A base URL with an address literal is not resolved, so the guard
+    /// judges the literal before the request is built.
+    #[tokio::test]
+    async fn forbidden_address_literals_are_refused_before_any_request() {
+        let credentials = no_credentials();
+        for (base, allow_private) in [
+            ("http://[64:ff9b::a9fe:a9fe]/", true),
+            ("http://[fd00:ec2::254]/", true),
+            ("http://[::ffff:0:a9fe:a9fe]/", false),
+            ("http://[::ffff:169.254.169.254]/", true),
+            ("http://168.63.129.16/", true),
+        ] {
+            let up = upstream(base, allow_private);
+            let result = up
+                .send(
+                    reqwest::Method::GET,
+                    Url::parse(base).unwrap().join("x").unwrap(),
+                    &[],
+                    None,
+                    &credentials,
+                )
+                .await;
+            assert!(
+                matches!(result, Err(UpstreamError::RefusedTarget)),
+                "{base}: {result:?}"
+            );
+        }
     }
 }

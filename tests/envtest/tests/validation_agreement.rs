@@ -623,6 +623,8 @@ mod generated {
                 "a\u{1}b",
                 "a\u{7f}b",
                 "%2e%2e",
+                "%7Ea",
+                "a\\b",
                 "a?b",
                 "a#b",
                 "a\tb",
