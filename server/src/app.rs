@@ -19,7 +19,9 @@ use crate::audit::AuditLog;
 use crate::cli::ServeOptions;
 use crate::config::{self, ConfigError};
 use crate::connectors::upstream::{UpstreamSetupError, install_crypto_provider};
-use crate::credentials::{CredentialStore, SourceCredentialProvider};
+use crate::credentials::{
+    CredentialProvider, CredentialStore, SourceCredentialProvider, WatchedCredentialProvider,
+};
 use crate::handler::TenantServer;
 use crate::identity::TenantId;
 use crate::metrics::Metrics;
@@ -116,14 +118,28 @@ pub async fn run(options: ServeOptions) -> Result<(), StartError> {
                 .watch(poll, shutdown.clone()),
         )
     });
+    let credential_location = SecretLocation::new(config.credentials.clone(), client.clone());
+    // A Secret is followed by its watch (as the API keys are), so the call
+    // after a rotation carries the new value; files are re-read after the TTL.
+    let (credential_provider, credential_ttl): (Arc<dyn CredentialProvider>, Duration) =
+        match &config.credentials {
+            SecretSource::KubernetesSecret { namespace, name } => (
+                Arc::new(WatchedCredentialProvider::new(
+                    format!("Secret {namespace}/{name}"),
+                    credential_location.watch(poll, shutdown.clone()),
+                )),
+                Duration::ZERO,
+            ),
+            SecretSource::File { .. } | SecretSource::Directory { .. } => (
+                Arc::new(SourceCredentialProvider::new(credential_location)),
+                Duration::from_secs(config.credential_ttl_seconds),
+            ),
+        };
     let credentials = CredentialStore::new(
         tenant.clone(),
         &config.credential_keys,
-        Arc::new(SourceCredentialProvider::new(SecretLocation::new(
-            config.credentials.clone(),
-            client.clone(),
-        ))),
-        Duration::from_secs(config.credential_ttl_seconds),
+        credential_provider,
+        credential_ttl,
     );
     let readiness = Arc::new(Readiness {
         keys: keys.clone(),
