@@ -49,7 +49,9 @@ pub struct ServerConfig {
     /// one in the credential source.
     #[serde(default)]
     pub credential_keys: Vec<CredentialKey>,
-    /// How long a credential value is cached before it is read again.
+    /// How long a credential value read from a `file` or `directory` source
+    /// is cached before it is read again. A `kubernetesSecret` source is
+    /// followed by its watch instead, so a rotated value is used at once.
     #[serde(default = "default_credential_ttl_seconds")]
     pub credential_ttl_seconds: u64,
     /// Upstream APIs exposed as MCP tools.

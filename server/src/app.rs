@@ -23,7 +23,9 @@ use crate::audit::{AuditLog, AuditWriter};
 use crate::cli::ServeOptions;
 use crate::config::{self, ConfigError};
 use crate::connectors::upstream::{UpstreamSetupError, install_crypto_provider};
-use crate::credentials::{CredentialStore, SourceCredentialProvider};
+use crate::credentials::{
+    CredentialProvider, CredentialStore, SourceCredentialProvider, WatchedCredentialProvider,
+};
 use crate::handler::TenantServer;
 use crate::identity::TenantId;
 use crate::metrics::Metrics;
@@ -135,15 +137,7 @@ impl Server {
                     .watch(poll, shutdown.clone()),
             )
         });
-        let credentials = CredentialStore::new(
-            tenant.clone(),
-            &config.credential_keys,
-            Arc::new(SourceCredentialProvider::new(SecretLocation::new(
-                config.credentials.clone(),
-                client,
-            ))),
-            Duration::from_secs(config.credential_ttl_seconds),
-        );
+        let credentials = credential_store(&config, client, tenant.clone(), poll, &shutdown);
         let readiness = Arc::new(Readiness {
             keys: keys.clone(),
             ..Readiness::default()
@@ -278,6 +272,33 @@ async fn kubernetes_client(config: &ServerConfig) -> Result<Option<kube::Client>
         .await
         .map(Some)
         .map_err(StartError::Kubernetes)
+}
+
+/// The credential store over the configured source. A Secret is followed by
+/// its watch (as the API keys are), so the call after a rotation carries the
+/// new value; files and directories are re-read after the configured TTL.
+fn credential_store(
+    config: &ServerConfig,
+    client: Option<kube::Client>,
+    tenant: TenantId,
+    poll: Duration,
+    shutdown: &CancellationToken,
+) -> CredentialStore {
+    let location = SecretLocation::new(config.credentials.clone(), client);
+    let (provider, ttl): (Arc<dyn CredentialProvider>, Duration) = match &config.credentials {
+        SecretSource::KubernetesSecret { namespace, name } => (
+            Arc::new(WatchedCredentialProvider::new(
+                format!("Secret {namespace}/{name}"),
+                location.watch(poll, shutdown.clone()),
+            )),
+            Duration::ZERO,
+        ),
+        SecretSource::File { .. } | SecretSource::Directory { .. } => (
+            Arc::new(SourceCredentialProvider::new(location)),
+            Duration::from_secs(config.credential_ttl_seconds),
+        ),
+    };
+    CredentialStore::new(tenant, &config.credential_keys, provider, ttl)
 }
 
 /// rmcp's stateless Streamable HTTP service over `handler`, with the same

@@ -1,5 +1,7 @@
-//! Upstream credentials: read through a [`CredentialProvider`], cached for a
-//! bounded time so a rotated value is picked up without a restart.
+//! Upstream credentials: read through a [`CredentialProvider`] so a rotated
+//! value is picked up without a restart: a Kubernetes Secret is followed by
+//! its watch and read from that snapshot on every call; files are cached
+//! for a bounded time and read again.
 //!
 //! Values are [`SecretString`]s: their `Debug` output is redacted and the
 //! only way to read one is an explicit `expose_secret()` at the point where
@@ -13,9 +15,10 @@ use std::time::{Duration, Instant};
 
 use bulkhead_crds::server_config::CredentialKey;
 use secrecy::SecretString;
+use tokio::sync::watch;
 
 use crate::identity::TenantId;
-use crate::secret_source::{SecretLocation, SecretSourceError};
+use crate::secret_source::{SecretData, SecretLocation, SecretSourceError};
 
 /// Why a credential is not available. Names the credential, never a value.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +71,34 @@ impl SourceCredentialProvider {
 impl CredentialProvider for SourceCredentialProvider {
     fn read<'a>(&'a self, key: &'a str) -> ReadFuture<'a> {
         Box::pin(self.location.load_key(key))
+    }
+}
+
+/// Reads from the snapshot [`SecretLocation::watch`] keeps current (for the
+/// tenant's Secret: `get`, then `watch` of that name), so the call after a
+/// rotation already carries the new value. Use it with a zero TTL: the
+/// snapshot is the cache.
+pub struct WatchedCredentialProvider {
+    location: String,
+    snapshot: watch::Receiver<Option<Arc<SecretData>>>,
+}
+
+impl WatchedCredentialProvider {
+    /// A provider over `snapshot`; `location` names the source in errors.
+    pub fn new(location: String, snapshot: watch::Receiver<Option<Arc<SecretData>>>) -> Self {
+        Self { location, snapshot }
+    }
+}
+
+impl CredentialProvider for WatchedCredentialProvider {
+    fn read<'a>(&'a self, key: &'a str) -> ReadFuture<'a> {
+        let value = match self.snapshot.borrow().as_deref() {
+            Some(data) => Ok(data.get(key).cloned()),
+            None => Err(SecretSourceError::NotYetRead {
+                location: self.location.clone(),
+            }),
+        };
+        Box::pin(std::future::ready(value))
     }
 }
 
@@ -215,6 +246,39 @@ mod tests {
             Err(CredentialError::Undeclared(_))
         ));
         assert!(store.load_all().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_watched_source_is_used_on_the_next_call_and_fails_until_first_read() {
+        let (tx, rx) = watch::channel(None);
+        let declared = vec![CredentialKey {
+            name: "gh".into(),
+            key: "token".into(),
+        }];
+        let provider = WatchedCredentialProvider::new("Secret ns/creds".into(), rx);
+        let store = CredentialStore::new(
+            TenantId::new("acme"),
+            &declared,
+            Arc::new(provider),
+            Duration::ZERO,
+        );
+        let unread = store.get("gh").await.unwrap_err().to_string();
+        assert!(unread.contains("not been read yet"), "{unread}");
+        let snapshot = |value: &str| {
+            Some(Arc::new(SecretData::from([(
+                "token".to_owned(),
+                SecretString::from(value),
+            )])))
+        };
+        tx.send(snapshot("v1")).unwrap();
+        assert_eq!(store.get("gh").await.unwrap().expose_secret(), "v1");
+        tx.send(snapshot("v2")).unwrap();
+        assert_eq!(store.get("gh").await.unwrap().expose_secret(), "v2");
+        tx.send(Some(Arc::new(SecretData::new()))).unwrap();
+        assert!(matches!(
+            store.get("gh").await,
+            Err(CredentialError::Missing { .. })
+        ));
     }
 
     #[test]

@@ -111,6 +111,13 @@ pub enum SecretSourceError {
         /// The client error (boxed: it is large, and errors are rare).
         source: Box<kube::Error>,
     },
+    /// A followed source has not been read successfully yet (the API server
+    /// refused or has not answered the first `get`).
+    #[error("{location} has not been read yet")]
+    NotYetRead {
+        /// The source, e.g. `Secret bulkhead-acme/bulkhead-credentials`.
+        location: String,
+    },
     /// No Kubernetes client could be built (not in a cluster, no kubeconfig).
     #[error("no Kubernetes client available for Secret {namespace}/{name}: {message}")]
     NoClient {

@@ -7,8 +7,11 @@
 //! [`binaries::BIN_DIR_ENV`]. Each test binary starts one control plane on
 //! first use ([`ControlPlane::shared`]) and shares it between its tests;
 //! [`ControlPlane::install_bulkhead`] applies `manifests/` with kubectl and
-//! runs the real `bulkhead-operator` binary as its ServiceAccount. No
-//! process outlives the test binary, however it ends ([`process`]).
+//! runs the real `bulkhead-operator` binary as its ServiceAccount. With
+//! [`Options::with_pods`] ([`ControlPlane::shared_with`]) kube-scheduler and
+//! kwok run too, so pods are scheduled and become Running and Ready on fake
+//! nodes without a kubelet ([`nodes`]). No process outlives the test binary,
+//! however it ends ([`process`]).
 //!
 //! ```no_run
 //! # async fn example() -> anyhow::Result<()> {

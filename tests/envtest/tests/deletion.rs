@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use bulkhead_crds::Tenant;
 use bulkhead_crds::tenant::DeletionPolicy;
-use bulkhead_envtest::ControlPlane;
 use bulkhead_envtest::tenants::{RECONCILE_TIMEOUT, example, wait_for};
+use bulkhead_envtest::{ControlPlane, OPERATOR_USER};
 use bulkhead_operator::labels::TENANT_UID_ANNOTATION;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use live_children::{LiveChild, live_children, operator_writes_in, resource_versions};
@@ -29,6 +29,11 @@ const GONE_TIMEOUT: Duration = Duration::from_secs(120);
 const SETTLE: Duration = Duration::from_secs(8);
 /// The Retain finalizer (`operator/src/controller/deletion.rs`).
 const RETAIN_FINALIZER: &str = "bulkhead.dev/retain-namespace";
+/// The garbage collector's user (kube-controller-manager runs each
+/// controller with its own ServiceAccount's credentials).
+const GARBAGE_COLLECTOR: &str = "system:serviceaccount:kube-system:generic-garbage-collector";
+/// Name of the policy that refuses foreground deletions of Retain Tenants.
+const RETAIN_DELETION_GUARD: &str = "bulkhead-retain-deletion-guard";
 /// Name of the policy that reserves ownership marks to the operator.
 const OWNERSHIP_GUARD: &str = "bulkhead-namespace-ownership-guard";
 
@@ -101,6 +106,7 @@ async fn delete_removes_the_namespace_and_everything_in_it() -> Result<()> {
     let before = live_children(&admin, &objects).await?;
     assert!(missing(&before).is_empty(), "{:?}", missing(&before));
 
+    let mark = cp.audit().mark()?;
     let started = Instant::now();
     cp.delete_tenant(&admin, id).await?;
     wait_tenant_gone(&admin, id).await?;
@@ -123,17 +129,62 @@ async fn delete_removes_the_namespace_and_everything_in_it() -> Result<()> {
         .collect();
     assert!(left.is_empty(), "still there: {left:?}");
     assert!(secrets.get_opt("bulkhead-credentials").await?.is_none());
+    // It was the garbage collector that deleted the namespace, following
+    // its owner reference; the operator deleted nothing.
+    let events = cp.audit().since(mark)?;
+    assert!(
+        events.iter().any(|e| e.username() == GARBAGE_COLLECTOR
+            && e.verb == "delete"
+            && e.object().resource == "namespaces"
+            && e.object().name == ns),
+        "no delete of {ns} by {GARBAGE_COLLECTOR}"
+    );
+    let by_operator: Vec<String> = events
+        .iter()
+        .filter(|e| e.username() == OPERATOR_USER && e.verb == "delete")
+        .filter(|e| e.object().namespace == ns || e.object().name == ns)
+        .map(|e| e.summary())
+        .collect();
+    assert!(by_operator.is_empty(), "{}", by_operator.join("\n"));
     Ok(())
 }
 
-/// Deletes a Retain Tenant with `params` and checks that the namespace, the
+/// Waits until the garbage collector follows owner references to Tenants.
+///
+/// It discovers new resource types on a timer (every 30 s), so right after
+/// the CRD is installed it does not yet act on Tenant deletions at all,
+/// which would let a deletion test pass without any race against it. A
+/// ConfigMap owned by a Tenant that never existed is deleted once it does.
+async fn wait_gc_follows_tenants(admin: &Client, probe: &str) -> Result<()> {
+    let config_maps: Api<ConfigMap> = Api::namespaced(admin.clone(), "default");
+    let orphan: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": probe, "ownerReferences": [{
+            "apiVersion": "bulkhead.dev/v1alpha1", "kind": "Tenant",
+            "name": probe, "uid": "00000000-0000-0000-0000-000000000000",
+        }]},
+    }))?;
+    config_maps.create(&PostParams::default(), &orphan).await?;
+    let started = Instant::now();
+    wait_for(
+        "the garbage collector to follow owner references to Tenants",
+        GONE_TIMEOUT,
+        || async { Ok(config_maps.get_opt(probe).await?.is_none().then_some(())) },
+    )
+    .await?;
+    eprintln!(
+        "garbage collector follows Tenants (waited {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Deletes a Retain Tenant in the background and checks that the namespace, the
 /// platform's Secret and every child stay, released from the Tenant.
 /// Returns the children as they stayed.
 async fn delete_retained(
     cp: &ControlPlane,
     admin: &Client,
     id: &str,
-    params: &DeleteParams,
 ) -> Result<(Tenant, Vec<LiveChild>)> {
     let mut tenant = example("minimal.yaml", id)?;
     tenant.spec.deletion_policy = DeletionPolicy::Retain;
@@ -153,7 +204,11 @@ async fn delete_retained(
     let before = live_children(admin, &objects).await?;
     assert!(missing(&before).is_empty(), "{:?}", missing(&before));
 
-    Api::<Tenant>::all(admin.clone()).delete(id, params).await?;
+    wait_gc_follows_tenants(admin, &format!("{id}-gc-probe")).await?;
+    let mark = cp.audit().mark()?;
+    Api::<Tenant>::all(admin.clone())
+        .delete(id, &DeleteParams::background())
+        .await?;
     wait_tenant_gone(admin, id).await?;
     // Give the garbage collector time to cascade, should anything still
     // point at the Tenant; nothing may disappear meanwhile.
@@ -187,6 +242,18 @@ async fn delete_retained(
     }
     let kept = secrets.get("bulkhead-credentials").await?;
     assert_eq!(kept.metadata.uid, secret.metadata.uid);
+    // The garbage collector deleted nothing there (not even to lose a race
+    // that the checks above could not see, e.g. a child it deleted and the
+    // operator recreated).
+    let collected: Vec<String> = cp
+        .audit()
+        .since(mark)?
+        .iter()
+        .filter(|e| e.username() == GARBAGE_COLLECTOR && e.verb == "delete")
+        .filter(|e| e.object().namespace == ns || e.object().name == ns)
+        .map(|e| e.summary())
+        .collect();
+    assert!(collected.is_empty(), "{}", collected.join("\n"));
     Ok((live, after))
 }
 
@@ -199,7 +266,7 @@ async fn retain_keeps_the_namespace_and_a_new_tenant_of_the_same_name_does_not_a
     let admin = cp.admin_client().await?;
     let id = "deletion-retain";
     let ns = cp.tenant_namespace(id);
-    let (old, retained) = delete_retained(cp, &admin, id, &DeleteParams::background()).await?;
+    let (old, retained) = delete_retained(cp, &admin, id).await?;
     let old_uid = old.uid().context("uid")?;
     let namespaces: Api<Namespace> = Api::all(admin.clone());
     let namespace = namespaces.get(&ns).await?;
@@ -279,15 +346,70 @@ async fn retain_keeps_the_namespace_and_a_new_tenant_of_the_same_name_does_not_a
     Ok(())
 }
 
+/// A foreground deletion makes the garbage collector delete every dependent
+/// of the Tenant at once, racing the operator's release: without
+/// `manifests/operator/retain-deletion-guard.yaml` it deleted seven of the
+/// eight children in the retained namespace (the NetworkPolicy among them)
+/// and left the Deployment running. So it is refused, and the Tenant and its
+/// children stay until it is deleted in the background.
 #[tokio::test]
 #[ignore = "needs the envtest control plane: tests/envtest/run.sh"]
-async fn retain_survives_a_foreground_deletion() -> Result<()> {
+async fn a_retain_tenant_cannot_be_deleted_in_the_foreground() -> Result<()> {
     let cp = ControlPlane::shared();
     cp.install_bulkhead();
     let admin = cp.admin_client().await?;
     let id = "deletion-retain-fg";
+    let mut tenant = example("minimal.yaml", id)?;
+    tenant.spec.deletion_policy = DeletionPolicy::Retain;
+    let live = apply_reconciled(cp, &admin, &tenant).await?;
+    wait_gc_follows_tenants(&admin, &format!("{id}-gc-probe")).await?;
+    let objects = cp.desired_children(&live)?;
+    let before = live_children(&admin, &objects).await?;
+    let tenants: Api<Tenant> = Api::all(admin.clone());
+    // The API server loads new policies asynchronously: probe with dry runs.
+    let dry_run_foreground = DeleteParams {
+        dry_run: true,
+        ..DeleteParams::foreground()
+    };
+    wait_for(
+        "the Retain deletion guard to be enforced",
+        RECONCILE_TIMEOUT,
+        || async {
+            Ok(match tenants.delete(id, &dry_run_foreground).await {
+                Err(kube::Error::Api(status)) if status.message.contains(RETAIN_DELETION_GUARD) => {
+                    Some(())
+                }
+                _ => None,
+            })
+        },
+    )
+    .await?;
     // `kubectl delete --cascade=foreground`, as Argo CD deletes.
-    delete_retained(cp, &admin, id, &DeleteParams::foreground()).await?;
+    match tenants.delete(id, &DeleteParams::foreground()).await {
+        Err(kube::Error::Api(status)) if status.message.contains(RETAIN_DELETION_GUARD) => {}
+        other => panic!("a foreground deletion of {id} was not refused: {other:?}"),
+    }
+    let stored = tenants.get(id).await?;
+    assert!(stored.metadata.deletion_timestamp.is_none());
+    assert_eq!(
+        resource_versions(&live_children(&admin, &objects).await?),
+        resource_versions(&before)
+    );
+    // The orphan policy only removes owner references; it stays allowed
+    // (dry run here: the background deletion below is the one to keep).
+    tenants
+        .delete(
+            id,
+            &DeleteParams {
+                dry_run: true,
+                ..DeleteParams::orphan()
+            },
+        )
+        .await?;
+    cp.delete_tenant(&admin, id).await?;
+    wait_tenant_gone(&admin, id).await?;
+    let after = live_children(&admin, &objects).await?;
+    assert!(missing(&after).is_empty(), "{:?}", missing(&after));
     Api::<Namespace>::all(admin.clone())
         .delete(&cp.tenant_namespace(id), &DeleteParams::default())
         .await?;

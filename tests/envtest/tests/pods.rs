@@ -403,3 +403,42 @@ async fn a_deployment_scaled_to_zero_and_a_deleted_pod_are_healed() -> Result<()
     cp.delete_tenant(&admin, id).await?;
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "needs the envtest control plane: tests/envtest/run.sh"]
+async fn a_server_pod_the_api_server_refuses_is_reported_with_the_cause() -> Result<()> {
+    let cp = control_plane();
+    cp.install_bulkhead();
+    let admin = cp.admin_client().await?;
+    let id = "pods-refused";
+    // A RuntimeClass the cluster does not have: the ReplicaSet controller's
+    // pod creations are refused by RuntimeClass admission.
+    let mut tenant = example("minimal.yaml", id)?;
+    tenant.spec.server.runtime_class_name = Some("no-such-class".to_owned());
+    cp.kubectl_apply(&tenant)?;
+    let tenants: Api<Tenant> = Api::all(admin.clone());
+    let message = wait_for(
+        "ServerAvailable=False naming the refused pod's cause",
+        READY_TIMEOUT,
+        || async {
+            let status = tenants.get(id).await?.status.unwrap_or_default();
+            Ok(status
+                .conditions
+                .iter()
+                .find(|c| {
+                    c.type_ == "ServerAvailable"
+                        && c.status == "False"
+                        && c.message.contains("no-such-class")
+                })
+                .map(|c| c.message.clone()))
+        },
+    )
+    .await
+    .with_context(|| format!("{:?}", tenant_json(cp, id).map(|t| t["status"].clone())))?;
+    ensure!(message.contains("RuntimeClass"), "{message}");
+    let object = tenant_json(cp, id)?;
+    ensure!(kstatus(&object).0 == KStatus::InProgress, "{object}");
+    ensure!(argo_health(&object)?.0 == "Progressing", "{object}");
+    cp.delete_tenant(&admin, id).await?;
+    Ok(())
+}

@@ -90,9 +90,25 @@ fn server(deployment: &Deployment, ns: &str) -> Verdict {
         (Some(generation), Some(observed)) => observed >= generation,
         _ => false,
     };
-    let available_condition = status
-        .and_then(|s| s.conditions.as_ref())
-        .and_then(|conditions| conditions.iter().find(|c| c.type_ == "Available"));
+    let conditions = status.and_then(|s| s.conditions.as_ref());
+    let available_condition =
+        conditions.and_then(|conditions| conditions.iter().find(|c| c.type_ == "Available"));
+    // The deployment controller copies a ReplicaSet's `ReplicaFailure`
+    // (pods refused at admission: a missing RuntimeClass, quota, Pod
+    // Security) to the Deployment; no pod exists to carry events then.
+    let replica_failure = conditions
+        .and_then(|conditions| {
+            conditions
+                .iter()
+                .find(|c| c.type_ == "ReplicaFailure" && c.status == "True")
+        })
+        .map(|c| {
+            format!(
+                " (pods cannot be created: {})",
+                c.message.as_deref().unwrap_or("no reason given")
+            )
+        })
+        .unwrap_or_default();
     let hint = format!("see `kubectl -n {ns} describe deployment {name}` and the pods' events");
     match available_condition {
         Some(c) if c.status == "True" && rolled_out => Verdict::new(
@@ -106,7 +122,7 @@ fn server(deployment: &Deployment, ns: &str) -> Verdict {
             Truth::False,
             Reason::DeploymentUnavailable,
             format!(
-                "{available}/{wanted} server replicas available: {}; {hint}",
+                "{available}/{wanted} server replicas available: {}{replica_failure}; {hint}",
                 c.message.as_deref().unwrap_or("no reason given")
             ),
         ),
@@ -115,7 +131,7 @@ fn server(deployment: &Deployment, ns: &str) -> Verdict {
             Truth::False,
             Reason::DeploymentProgressing,
             format!(
-                "{available}/{wanted} server replicas available; the rollout is in progress ({hint})"
+                "{available}/{wanted} server replicas available{replica_failure}; the rollout is in progress ({hint})"
             ),
         ),
     }
@@ -209,5 +225,61 @@ pub fn namespace_conflict(ns: &str) -> Report {
             Reason::NamespaceConflict,
             message,
         )),
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentSpec, DeploymentStatus};
+
+    fn condition(type_: &str, status: &str, message: &str) -> DeploymentCondition {
+        DeploymentCondition {
+            type_: type_.to_owned(),
+            status: status.to_owned(),
+            message: Some(message.to_owned()),
+            ..DeploymentCondition::default()
+        }
+    }
+
+    #[test]
+    fn a_refused_pod_creation_is_named_in_server_available() {
+        let refused =
+            "pods \"mcp-server-x\" is forbidden: pod rejected: RuntimeClass \"gvisor\" not found";
+        let mut deployment = Deployment {
+            spec: Some(DeploymentSpec {
+                replicas: Some(1),
+                ..DeploymentSpec::default()
+            }),
+            status: Some(DeploymentStatus {
+                conditions: Some(vec![
+                    condition(
+                        "Available",
+                        "False",
+                        "Deployment does not have minimum availability.",
+                    ),
+                    condition("ReplicaFailure", "True", refused),
+                ]),
+                ..DeploymentStatus::default()
+            }),
+            ..Deployment::default()
+        };
+        let verdict = server(&deployment, "bulkhead-acme");
+        assert_eq!(verdict.status, Truth::False);
+        assert!(verdict.message.contains(refused), "{}", verdict.message);
+
+        // Without the condition the message says nothing about creation.
+        if let Some(status) = deployment.status.as_mut() {
+            status.conditions = Some(vec![condition(
+                "Available",
+                "False",
+                "Deployment does not have minimum availability.",
+            )]);
+        }
+        let verdict = server(&deployment, "bulkhead-acme");
+        assert!(
+            !verdict.message.contains("cannot be created"),
+            "{}",
+            verdict.message
+        );
     }
 }
