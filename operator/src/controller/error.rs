@@ -25,6 +25,16 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A child changed between being read and the JSON patch removing
+    /// fields someone else added to it: the patch's `test` of
+    /// `metadata.resourceVersion` failed (the API server answers 422 Invalid,
+    /// which here means "stale", not an invalid spec), so the reconcile is
+    /// retried against the new version.
+    #[error("{what} changed while added fields were being removed")]
+    ChangedDuringRemoval {
+        /// Kind and name of the child.
+        what: String,
+    },
     /// A child object the builders produced has no name; a bug in the builders.
     #[error("the {kind} built for the Tenant has no metadata.name")]
     UnnamedChild {
@@ -53,6 +63,7 @@ impl Error {
                 _ => "api_unreachable",
             },
             Self::Serialize { .. } => "serialize",
+            Self::ChangedDuringRemoval { .. } => "api_conflict",
             Self::UnnamedChild { .. } => "builder_bug",
         }
     }

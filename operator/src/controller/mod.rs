@@ -6,7 +6,8 @@
 //!   reconcile shares.
 //! - [`children`]: the desired children applied and pruned as one unit;
 //!   [`apply`] and [`drift`]: server-side apply that writes nothing when
-//!   nothing drifted.
+//!   nothing drifted; [`foreign`]: fields someone else added where that
+//!   widens access, found through `managedFields` and removed.
 //! - [`status`]: conditions for `kubectl wait`, Argo CD and Flux.
 //! - [`deletion`]: owner references for `Delete`, a finalizer for `Retain`.
 //! - [`run`]: the process (logging, signals, leader election);
@@ -21,6 +22,7 @@ pub mod context;
 pub mod deletion;
 pub mod drift;
 pub mod error;
+pub mod foreign;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
