@@ -323,6 +323,31 @@ async fn a_namespace_someone_else_created_is_never_adopted_even_with_copied_mark
         }
     }
 
+    // The `status` and `finalize` subresources carry the whole object,
+    // metadata included: the marks cannot be set through them either.
+    for (mark, metadata) in &marks {
+        refused_by_guard(
+            &format!("a cluster-admin adding {mark} to {copied_ns} through namespaces/status"),
+            as_admin
+                .patch_status(
+                    &copied_ns,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({ "metadata": metadata })),
+                )
+                .await,
+        )?;
+        let mut live = serde_json::to_value(as_admin.get(&copied_ns).await?)?;
+        for (field, value) in metadata.as_object().into_iter().flatten() {
+            live["metadata"][field] = value.clone();
+        }
+        refused_by_guard(
+            &format!("a cluster-admin adding {mark} to {copied_ns} through namespaces/finalize"),
+            as_admin
+                .replace_subresource("finalize", &copied_ns, &PostParams::default(), &live)
+                .await,
+        )?;
+    }
+
     // Content of the attacker's own in both namespaces.
     for ns in [&plain_ns, &copied_ns] {
         let config_map = ConfigMap {
