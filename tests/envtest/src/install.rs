@@ -9,6 +9,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
@@ -178,8 +179,12 @@ impl ControlPlane {
     }
 
     /// `kubectl apply -k manifests/`, then waits for the Tenant CRD to be
-    /// Established.
+    /// Established. Calls are serialised: tests of one binary run in
+    /// parallel, and two concurrent first applies both try to create
+    /// `bulkhead-system`, so one of them fails with AlreadyExists.
     pub fn apply_manifests(&self) -> Result<()> {
+        static APPLYING: Mutex<()> = Mutex::new(());
+        let _one_at_a_time = APPLYING.lock().unwrap_or_else(PoisonError::into_inner);
         let manifests = repository_root().join("manifests");
         let manifests = manifests.to_string_lossy();
         self.kubectl_ok(&["apply", "-k", &manifests])?;
