@@ -13,10 +13,14 @@ use anyhow::{Context, Result, bail};
 use bulkhead_crds::Tenant;
 use bulkhead_operator::desired::{TenantObjects, desired_objects, namespace_name};
 use bulkhead_operator::settings::OperatorSettings;
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
+use serde_json::json;
 
+use crate::audit::{AuditEvent, AuditMark};
 use crate::binaries::repository_root;
 use crate::control_plane::{ControlPlane, POD_CIDR, SERVICE_CIDR};
+use crate::install::OPERATOR_USER;
 
 /// How long a Tenant may take to be reconciled on a busy 2-core machine.
 pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -180,4 +184,46 @@ pub fn child_names(objects: &TenantObjects) -> Vec<String> {
         ));
     }
     names
+}
+
+/// Makes the operator reconcile `id` again without changing its spec (an
+/// annotation numbered `round` changes, the generation does not), waits
+/// until that reconcile has read the last child it checks (the Deployment in
+/// `ns`) plus a 3 s grace period, and returns the audit events since just
+/// before.
+pub async fn reconcile_again(
+    cp: &ControlPlane,
+    admin: &Client,
+    id: &str,
+    ns: &str,
+    round: u32,
+) -> Result<(AuditMark, Vec<AuditEvent>)> {
+    let mark = cp.audit().mark()?;
+    Api::<Tenant>::all(admin.clone())
+        .patch(
+            id,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"envtest.bulkhead.dev/poke": round.to_string()}}})),
+        )
+        .await?;
+    wait_for(
+        &format!("the operator to read {id}'s Deployment again"),
+        RECONCILE_TIMEOUT,
+        || async {
+            Ok(cp
+                .audit()
+                .since(mark)?
+                .iter()
+                .any(|e| {
+                    e.username() == OPERATOR_USER
+                        && e.verb == "get"
+                        && e.object().resource == "deployments"
+                        && e.object().namespace == ns
+                })
+                .then_some(()))
+        },
+    )
+    .await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    Ok((mark, cp.audit().since(mark)?))
 }

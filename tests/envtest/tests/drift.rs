@@ -15,8 +15,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use bulkhead_crds::Tenant;
-use bulkhead_envtest::tenants::{RECONCILE_TIMEOUT, example, wait_for};
+use bulkhead_envtest::tenants::{RECONCILE_TIMEOUT, example, reconcile_again, wait_for};
 use bulkhead_envtest::{AuditEvent, ControlPlane, OPERATOR_USER};
 use bulkhead_operator::controller::foreign::{foreign_fields, guarded_fields};
 use bulkhead_operator::desired::TenantObjects;
@@ -25,7 +24,6 @@ use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{LimitRange, ResourceQuota};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{Patch, PatchParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -54,46 +52,6 @@ async fn wait_quiet(cp: &ControlPlane, ns: &str) -> Result<()> {
         },
     )
     .await
-}
-
-/// Makes the operator reconcile `id` without a spec change, waits until it
-/// has read the Deployment (the last child) plus 3 s, and returns the
-/// operator's writes in `ns` meanwhile.
-async fn no_op_reconcile_writes(
-    cp: &ControlPlane,
-    admin: &Client,
-    id: &str,
-    ns: &str,
-    round: usize,
-) -> Result<Vec<String>> {
-    let mark = cp.audit().mark()?;
-    Api::<Tenant>::all(admin.clone())
-        .patch(
-            id,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"envtest.bulkhead.dev/poke": round.to_string()}}})),
-        )
-        .await?;
-    wait_for(
-        &format!("the operator to read {id}'s Deployment again"),
-        RECONCILE_TIMEOUT,
-        || async {
-            Ok(cp
-                .audit()
-                .since(mark)?
-                .iter()
-                .any(|e| {
-                    e.username() == OPERATOR_USER
-                        && e.verb == "get"
-                        && e.object().resource == "deployments"
-                        && e.object().namespace == ns
-                })
-                .then_some(()))
-        },
-    )
-    .await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    Ok(operator_writes(&cp.audit().since(mark)?, ns))
 }
 
 /// One hand edit: `kubectl patch <resource> <name> --type <patch_type> -p <patch>`,
@@ -210,7 +168,12 @@ where
     );
 
     wait_quiet(cp, &ns).await?;
-    let writes = no_op_reconcile_writes(cp, admin, id, &ns, round).await?;
+    let writes = operator_writes(
+        &reconcile_again(cp, admin, id, &ns, u32::try_from(round)?)
+            .await?
+            .1,
+        &ns,
+    );
     ensure!(
         writes.is_empty(),
         "{id}: a no-op reconcile after healing {} wrote:\n{}",

@@ -9,8 +9,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use bulkhead_crds::Tenant;
 use bulkhead_crds::tenant::CredentialRef;
-use bulkhead_envtest::tenants::{RECONCILE_TIMEOUT, child_names, example, wait_for};
-use bulkhead_envtest::{AuditEvent, AuditMark, ControlPlane, OPERATOR_USER};
+use bulkhead_envtest::tenants::{
+    RECONCILE_TIMEOUT, child_names, example, reconcile_again, wait_for,
+};
+use bulkhead_envtest::{AuditEvent, ControlPlane, OPERATOR_USER};
 use bulkhead_operator::labels::{
     MANAGED_BY_LABEL, MANAGED_BY_VALUE, TENANT_LABEL, TENANT_UID_ANNOTATION,
 };
@@ -193,46 +195,6 @@ async fn wait_quiet(cp: &ControlPlane, id: &str, ns: &str) -> Result<()> {
         },
     )
     .await
-}
-
-/// Makes the operator reconcile `id` again without changing its spec (an
-/// annotation changes, the generation does not), waits until that
-/// reconcile has read the last child it checks (the Deployment) plus a
-/// grace period, and returns the audit events since just before.
-async fn reconcile_again(
-    cp: &ControlPlane,
-    admin: &Client,
-    id: &str,
-    ns: &str,
-    round: u32,
-) -> Result<(AuditMark, Vec<AuditEvent>)> {
-    let mark = cp.audit().mark()?;
-    Api::<Tenant>::all(admin.clone())
-        .patch(
-            id,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"envtest.bulkhead.dev/poke": round.to_string()}}})),
-        )
-        .await?;
-    wait_for(
-        &format!("the operator to read {id}'s Deployment again"),
-        RECONCILE_TIMEOUT,
-        || async {
-            let events = cp.audit().since(mark)?;
-            Ok(events
-                .iter()
-                .any(|e| {
-                    e.username() == OPERATOR_USER
-                        && e.verb == "get"
-                        && e.object().resource == "deployments"
-                        && e.object().namespace == ns
-                })
-                .then_some(()))
-        },
-    )
-    .await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    Ok((mark, cp.audit().since(mark)?))
 }
 
 #[tokio::test]
