@@ -362,19 +362,7 @@ mod tests {
 
     #[tokio::test]
     async fn loopback_targets_are_refused_unless_allowed() {
-        let credentials = CredentialStore::new(
-            crate::identity::TenantId::new("t"),
-            &[],
-            Arc::new(crate::credentials::SourceCredentialProvider::new(
-                crate::secret_source::SecretLocation::new(
-                    bulkhead_crds::server_config::SecretSource::File {
-                        path: "/nonexistent".into(),
-                    },
-                    None,
-                ),
-            )),
-            Duration::from_secs(1),
-        );
+        let credentials = no_credentials();
         let up = upstream("http://127.0.0.1:9/", false);
         let result = up
             .send(
