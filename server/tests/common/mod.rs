@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -166,13 +166,27 @@ pub struct TestServer {
 
 impl TestServer {
     /// Starts the binary with `config` (YAML; `keys.yaml` and
-    /// `credentials.yaml` in the scratch dir are referenced relatively).
+    /// `credentials.yaml` in the scratch dir are referenced relatively),
+    /// audit lines to `audit.log` in the scratch dir.
     pub async fn start(
         name: &str,
         config: &str,
         keys: &[(&str, &str)],
         credentials: &[(&str, &str)],
         extra_args: &[&str],
+    ) -> Self {
+        Self::start_with_stdout(name, config, keys, credentials, extra_args, false).await
+    }
+
+    /// As [`TestServer::start`]; with `piped_stdout` the audit stream is a
+    /// pipe the test holds ([`TestServer::take_stdout`]) instead of a file.
+    pub async fn start_with_stdout(
+        name: &str,
+        config: &str,
+        keys: &[(&str, &str)],
+        credentials: &[(&str, &str)],
+        extra_args: &[&str],
+        piped_stdout: bool,
     ) -> Self {
         bulkhead_server::connectors::upstream::install_crypto_provider();
         let dir = Scratch::new(name);
@@ -195,7 +209,13 @@ impl TestServer {
             .args(extra_args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.0.join("audit.log")).unwrap())
+            .stdout(if piped_stdout {
+                Stdio::piped()
+            } else {
+                std::fs::File::create(dir.0.join("audit.log"))
+                    .unwrap()
+                    .into()
+            })
             .stderr(std::fs::File::create(dir.0.join("stderr.log")).unwrap())
             .spawn()
             .unwrap();
@@ -236,6 +256,16 @@ impl TestServer {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("server never became ready: {}", server.stderr());
+    }
+
+    /// The audit pipe of a server started with a piped stdout.
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn stderr(&self) -> String {
