@@ -41,7 +41,7 @@ use crate::transport::{self, McpEndpoint, McpService};
 const RESPONSE_CACHE_ENTRIES: usize = 256;
 
 /// How long requests ended by shutdown get to write their audit lines.
-const SHUTDOWN_SETTLE: Duration = Duration::from_secs(1);
+pub(crate) const SHUTDOWN_SETTLE: Duration = Duration::from_secs(1);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]

@@ -154,3 +154,25 @@ fn init_logging(format: LogFormat) {
         LogFormat::Json => builder.json().init(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_shutdown_ends_within_the_pods_termination_grace_period() {
+        // The operator leaves `terminationGracePeriodSeconds` at the
+        // Kubernetes default (PodSpec API reference: 30 s).
+        const KUBERNETES_DEFAULT_GRACE_SECONDS: u64 = 30;
+        let options = Cli::parse_from(["bulkhead-server"]).serve;
+        let longest = options.shutdown_grace_seconds
+            + crate::app::SHUTDOWN_SETTLE.as_secs()
+            + options.audit_drain_seconds;
+        assert!(longest < KUBERNETES_DEFAULT_GRACE_SECONDS, "{longest} s");
+    }
+
+    #[test]
+    fn an_empty_audit_queue_is_refused() {
+        assert!(Cli::try_parse_from(["bulkhead-server", "--audit-queue-lines", "0"]).is_err());
+    }
+}
