@@ -6,7 +6,7 @@
 //! DNS-rebinding page learns nothing about keys), API key, body size,
 //! per-caller rate limit; then rmcp within the request timeout; then metrics
 //! and exactly one audit line, whatever the outcome. The line is owned by a
-//! guard ([`RequestAudit`]), so a request whose future is dropped (the
+//! guard (`RequestAudit`), so a request whose future is dropped (the
 //! caller closed the connection) or that panics is still audited, and a
 //! server shutdown past its grace period ends a request with its own
 //! outcome.
