@@ -83,9 +83,9 @@ pub struct ServeOptions {
     #[arg(long, default_value_t = 5)]
     pub audit_drain_seconds: u64,
     /// Audit lines that may wait for stdout; when that many are waiting,
-    /// requests are refused with 503. Each takes at most
-    /// [`crate::audit::MAX_RECORD_BYTES`] (4 KiB), so the default bounds the
-    /// queue at 16 MiB.
+    /// requests are refused with 503. Each line takes at most 4 KiB
+    /// (`audit::MAX_RECORD_BYTES`), so the default bounds the queue at
+    /// 16 MiB.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub audit_queue_lines: u32,
     /// Format of the diagnostic log on stderr (stdout carries the audit).

@@ -194,7 +194,7 @@ impl TestServer {
         write_map(&dir.0.join("credentials.yaml"), credentials);
         write_keys(&dir.0, keys);
         let ready_file = dir.0.join("ready.json");
-        let child = Command::new(env!("CARGO_BIN_EXE_bulkhead-server"))
+        let child = Command::new(server_bin())
             .arg("--config")
             .arg(dir.0.join("server.yaml"))
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
@@ -352,6 +352,16 @@ impl Drop for TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The server binary: `BULKHEAD_SERVER_BIN` when set (a copy that a build
+/// of another checkout sharing the target directory cannot replace), else
+/// the one cargo built for this test.
+pub fn server_bin() -> PathBuf {
+    std::env::var_os("BULKHEAD_SERVER_BIN").map_or_else(
+        || env!("CARGO_BIN_EXE_bulkhead-server").into(),
+        PathBuf::from,
+    )
 }
 
 pub fn http() -> reqwest::Client {
