@@ -62,6 +62,8 @@ pub struct Metrics {
     pub rate_limited: Family<RateLimitLabels, Counter>,
     /// Upstream failures.
     pub upstream_errors: Family<UpstreamLabels, Counter>,
+    /// Requests refused because the audit queue was full.
+    pub audit_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -74,6 +76,7 @@ impl Default for Metrics {
         let auth_failures = Family::<AuthLabels, Counter>::default();
         let rate_limited = Family::<RateLimitLabels, Counter>::default();
         let upstream_errors = Family::<UpstreamLabels, Counter>::default();
+        let audit_refused = Counter::default();
         let mut registry = Registry::with_prefix("bulkhead");
         registry.register(
             "mcp_requests",
@@ -100,6 +103,11 @@ impl Default for Metrics {
             "Failed upstream calls by connector and kind",
             upstream_errors.clone(),
         );
+        registry.register(
+            "audit_refused",
+            "Requests refused (503) because the audit queue was full",
+            audit_refused.clone(),
+        );
         Self {
             registry,
             requests,
@@ -107,6 +115,7 @@ impl Default for Metrics {
             auth_failures,
             rate_limited,
             upstream_errors,
+            audit_refused,
         }
     }
 }
@@ -174,12 +183,14 @@ mod tests {
                 tool: "whoami".into(),
             })
             .observe(0.001);
+        metrics.audit_refused.inc();
         let text = metrics.encode();
         assert!(
             text.contains("bulkhead_mcp_requests_total{method=\"ping\",outcome=\"ok\"} 1"),
             "{text}"
         );
         assert!(text.contains("bulkhead_auth_failures_total{reason=\"missing\"} 1"));
+        assert!(text.contains("bulkhead_audit_refused_total 1"), "{text}");
         assert!(
             text.contains("bulkhead_tool_duration_seconds_count{tool=\"whoami\"} 1"),
             "{text}"
