@@ -305,6 +305,15 @@ async fn every_refused_token_gets_its_status_and_challenge() {
         "typ JWT (an ID token, not an access token)",
         jsonwebtoken::encode(&header, &claims(&issuer, "user-1"), &key.encoding).unwrap(),
     ));
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(key.kid.clone());
+    header.typ = Some("at+jwt".to_owned());
+    header.crit = Some(vec!["exp-ext".to_owned()]);
+    header.extras.insert("exp-ext", json!(true));
+    refused.push((
+        "a critical header extension",
+        jsonwebtoken::encode(&header, &claims(&issuer, "user-1"), &key.encoding).unwrap(),
+    ));
     let tampered = {
         let mut parts: Vec<String> = good.split('.').map(str::to_owned).collect();
         let mut c = claims(&issuer, "admin");

@@ -282,6 +282,11 @@ impl ResourceServer {
         if !self.algorithms.contains(&header.alg) {
             return Err(Invalid("algorithm"));
         }
+        // RFC 7515 section 4.1.11: critical extensions this server does not
+        // understand (it understands none) make the token invalid.
+        if header.crit.as_ref().is_some_and(|crit| !crit.is_empty()) {
+            return Err(Invalid("malformed"));
+        }
         // RFC 9068 section 4: an access token's type is `at+jwt`.
         if let Some(typ) = &header.typ
             && !typ.eq_ignore_ascii_case("at+jwt")
