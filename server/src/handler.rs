@@ -1,8 +1,9 @@
 //! The MCP handler: `initialize`, `tools/list` and `tools/call` for one
 //! tenant, each caller seeing and calling only the tools the access rules
-//! ([`crate::access`]) give it. Authentication, the per-caller limit and the audit line happen in
-//! [`crate::transport`] before and after this runs; the verified
-//! [`CallContext`] arrives in the HTTP request's extensions.
+//! ([`crate::access`]) give it. Authentication, the per-caller limit and
+//! the audit line happen in [`crate::transport`] before and after this
+//! runs; the verified [`CallContext`] arrives in the HTTP request's
+//! extensions.
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -26,7 +26,8 @@ pub const TIMED_OUT: i64 = -32001;
 /// Why a request was refused.
 #[derive(Debug)]
 pub enum Refusal {
-    /// API keys are not loaded yet (503, `Retry-After: 1`).
+    /// Callers cannot be verified yet: API keys not loaded, or the OAuth
+    /// issuer's keys never fetched (503, `Retry-After: 1`).
     NotReady,
     /// `Host` or `Origin` is not allowed (403); the text says which.
     Forbidden(&'static str),
