@@ -77,7 +77,7 @@ impl KeyTable {
             }
             match parse_hash(stored.expose_secret()) {
                 Some(digest) => {
-                    if let Some(previous) = by_digest.insert(digest, CallerId::new(caller)) {
+                    if let Some(previous) = by_digest.insert(digest, CallerId::api_key(caller)) {
                         tracing::warn!(
                             caller = %caller,
                             previous = %previous,
@@ -100,8 +100,11 @@ impl KeyTable {
 pub enum AuthFailure {
     /// No `Authorization: Bearer` header.
     Missing,
-    /// A key that is not (or no longer) in the store.
+    /// A key that is not (or no longer) in the store, or an access token
+    /// that failed verification.
     Invalid,
+    /// A valid access token without a required scope.
+    InsufficientScope,
 }
 
 impl AuthFailure {
@@ -110,6 +113,7 @@ impl AuthFailure {
         match self {
             Self::Missing => "missing",
             Self::Invalid => "invalid",
+            Self::InsufficientScope => "insufficient_scope",
         }
     }
 }
@@ -173,20 +177,6 @@ impl ApiKeyStore {
             Some((stored, caller)) if bool::from(stored.ct_eq(&digest)) => Ok(caller.clone()),
             _ => Err(AuthFailure::Invalid),
         }
-    }
-
-    /// Verifies an `Authorization` header value (`Bearer <key>`).
-    pub fn verify_authorization(&self, header: Option<&str>) -> Result<CallerId, AuthFailure> {
-        let header = header.ok_or(AuthFailure::Missing)?;
-        let (scheme, key) = header.split_once(' ').ok_or(AuthFailure::Missing)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(AuthFailure::Missing);
-        }
-        let key = key.trim();
-        if key.is_empty() {
-            return Err(AuthFailure::Missing);
-        }
-        self.verify(key)
     }
 }
 
@@ -252,18 +242,6 @@ mod tests {
         assert_eq!(
             store.verify(&generate_api_key().unwrap()),
             Err(AuthFailure::Invalid)
-        );
-        assert_eq!(
-            store
-                .verify_authorization(Some(&format!("Bearer {key}")))
-                .unwrap()
-                .as_str(),
-            "alice"
-        );
-        assert_eq!(store.verify_authorization(None), Err(AuthFailure::Missing));
-        assert_eq!(
-            store.verify_authorization(Some(&format!("Basic {key}"))),
-            Err(AuthFailure::Missing)
         );
         // The stored hash itself is not a key.
         assert_eq!(store.verify(&hash_api_key(&key)), Err(AuthFailure::Invalid));

@@ -24,6 +24,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
+use crate::identity::AuthMethod;
 use crate::tools::ToolOutcome;
 
 /// Characters kept of a caller-chosen audit field (method, tool name), so a
@@ -52,7 +53,8 @@ pub enum Outcome {
     RpcError,
     /// Missing or unknown API key.
     Unauthenticated,
-    /// `Host` or `Origin` not allowed.
+    /// `Host` or `Origin` not allowed, an access token without a required
+    /// scope, or a tool the caller may not use.
     Forbidden,
     /// Over a rate limit.
     RateLimited,
@@ -105,6 +107,9 @@ pub struct AuditRecord {
     pub tenant: Arc<str>,
     /// The verified caller; `None` when authentication failed.
     pub caller: Option<Arc<str>>,
+    /// How the caller authenticated: `api_key`, `oauth`, or `none` (no
+    /// verified caller, or `--insecure-no-auth`).
+    pub auth: AuthMethod,
     /// Id of the request (also sent back as `x-request-id`).
     pub request_id: Arc<str>,
     /// JSON-RPC method, when the body could be read.
@@ -345,6 +350,7 @@ impl From<ToolOutcome> for Outcome {
             ToolOutcome::ToolError => Self::ToolError,
             ToolOutcome::UpstreamError => Self::UpstreamError,
             ToolOutcome::RateLimited => Self::RateLimited,
+            ToolOutcome::Forbidden => Self::Forbidden,
         }
     }
 }
@@ -358,6 +364,7 @@ mod tests {
             ts: "2026-01-01T00:00:00Z".into(),
             tenant: Arc::from("acme"),
             caller: Some(Arc::from("alice")),
+            auth: AuthMethod::ApiKey,
             request_id: Arc::from(format!("r{n}").as_str()),
             method: Some("tools/call".into()),
             tool: Some("whoami".into()),
@@ -480,9 +487,11 @@ mod tests {
         for text in [wide, escaped] {
             let record = AuditRecord {
                 ts: jiff::Timestamp::MAX.to_string(),
-                // Tenant ids are DNS labels (63), caller ids Secret keys (253).
+                // Tenant ids are DNS labels (63); caller ids are Secret keys
+                // (253) or a token claim of at most 256 bytes.
                 tenant: Arc::from("t".repeat(63).as_str()),
-                caller: Some(Arc::from("c".repeat(253).as_str())),
+                caller: Some(Arc::from("\u{1}".repeat(256).as_str())),
+                auth: AuthMethod::OAuth,
                 request_id: Arc::from(uuid::Uuid::new_v4().to_string().as_str()),
                 method: Some(text.clone()),
                 tool: Some(text),
