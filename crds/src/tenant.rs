@@ -62,7 +62,13 @@ pub struct TenantSpec {
     /// Resource quota of the tenant's namespace.
     #[serde(default)]
     pub quota: QuotaSpec,
-    /// Request rate limits enforced by the server.
+    /// Request rate limits enforced by the server. Each server replica keeps
+    /// its own buckets and the Service spreads connections over the
+    /// replicas, so with N replicas a caller is admitted at each limit at
+    /// least and at N times it at most (more while a rolling update adds a
+    /// replica; a restarted replica starts with full buckets). With limits
+    /// and more than one replica the Tenant carries the condition
+    /// RateLimitsPerReplica.
     #[serde(default)]
     pub rate_limits: RateLimits,
     /// What happens to the namespace when the Tenant is deleted.
@@ -211,7 +217,11 @@ pub struct NetworkSpec {
     /// Namespaces (by label selector) whose pods may call the server. Empty
     /// means no namespace may. Each selector must name namespaces with
     /// matchLabels or an `In` expression; an empty selector, or one made only
-    /// of NotIn, Exists or DoesNotExist, is refused.
+    /// of NotIn, Exists or DoesNotExist, is refused. Select by the label
+    /// kubernetes.io/metadata.name, which the API server sets to the
+    /// namespace's name: any other label can be set by whoever may create or
+    /// label a namespace, and a selector without the name is reported with
+    /// the condition IngressByMutableLabel.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16), transform = namespace_selector_rule)]
     pub ingress_from: Vec<LabelSelector>,
@@ -381,14 +391,18 @@ pub struct QuotaSpec {
     pub persistent_volume_claims: Option<i32>,
 }
 
-/// Request rate limits enforced by the server.
+/// Request rate limits enforced by the server, by each replica on its own
+/// (in-memory GCRA buckets); what that means for N replicas is said on
+/// [`TenantSpec::rate_limits`], which the CRD shows.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimits {
-    /// Budget of each caller across all requests.
+    /// Budget of each caller across all requests, on each server replica
+    /// (with N replicas a caller may get up to N times it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_caller: Option<RateLimit>,
-    /// Budget of each caller for one tool; one entry per tool.
+    /// Budget of each caller for one tool, on each server replica (with N
+    /// replicas up to N times it); one entry per tool.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["tool"]))]
     pub per_tool: Vec<ToolRateLimit>,

@@ -30,7 +30,8 @@ enum Command {
     /// Print the Tenant CustomResourceDefinition as YAML.
     Crd,
     /// Print, as multi-document YAML, every object the operator would apply
-    /// for the Tenant in FILE (no cluster needed).
+    /// for the Tenant in FILE (no cluster needed); advisories the operator
+    /// would report on the Tenant go to standard error as `warning:` lines.
     Render {
         /// A YAML file holding one Tenant, or `-` for standard input.
         file: PathBuf,
@@ -44,7 +45,14 @@ fn main() -> ExitCode {
         Command::Run { settings, options } => run::run_blocking(settings, options),
         Command::Crd => render::crd_yaml().map(|yaml| print!("{yaml}")),
         Command::Render { file, settings } => {
-            render::render_file(&file, &settings).map(|yaml| print!("{yaml}"))
+            render::render_file(&file, &settings).map(|rendered| {
+                // Advisories go to standard error, so the output still
+                // pipes into `kubectl apply -f -`.
+                for line in rendered.warning_lines() {
+                    eprintln!("{line}");
+                }
+                print!("{}", rendered.yaml);
+            })
         }
     };
     match result {

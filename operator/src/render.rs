@@ -1,11 +1,13 @@
 //! `bulkhead-operator render`: the objects the controller would apply for a
-//! Tenant, as multi-document YAML, without a cluster.
+//! Tenant, as multi-document YAML, without a cluster, and the advisories the
+//! controller would report on it.
 
 use std::path::Path;
 
 use bulkhead_crds::{InvalidTenant, Tenant};
 use kube::{CustomResourceExt, Resource};
 
+use crate::advisories::{Advisory, advisories};
 use crate::desired::{TenantObjects, desired_objects};
 use crate::settings::OperatorSettings;
 
@@ -135,10 +137,40 @@ pub fn to_yaml_documents(objects: &TenantObjects) -> Result<String, RenderError>
     Ok(out)
 }
 
+/// What `render` prints for one Tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendered {
+    /// Every child as multi-document YAML, in apply order (standard output).
+    pub yaml: String,
+    /// What the controller would report as advisory conditions (standard
+    /// error, one `warning:` line each).
+    pub advisories: Vec<Advisory>,
+}
+
+impl Rendered {
+    /// The advisories as `warning: <condition type>: <message>` lines, as
+    /// `render` prints them on standard error.
+    pub fn warning_lines(&self) -> Vec<String> {
+        self.advisories
+            .iter()
+            .map(|a| format!("warning: {}: {}", a.kind.as_str(), a.message))
+            .collect()
+    }
+}
+
+/// Parses, validates and builds a Tenant, and gives every child as YAML
+/// with the Tenant's advisories.
+pub fn render(yaml: &str, settings: &OperatorSettings) -> Result<Rendered, RenderError> {
+    let tenant = parse_tenant(yaml)?;
+    Ok(Rendered {
+        yaml: to_yaml_documents(&desired_objects(&tenant, settings)?)?,
+        advisories: advisories(&tenant.spec),
+    })
+}
+
 /// Parses, validates and builds a Tenant, and prints every child as YAML.
 pub fn render_tenant(yaml: &str, settings: &OperatorSettings) -> Result<String, RenderError> {
-    let tenant = parse_tenant(yaml)?;
-    to_yaml_documents(&desired_objects(&tenant, settings)?)
+    render(yaml, settings).map(|rendered| rendered.yaml)
 }
 
 /// The Tenant CustomResourceDefinition as YAML.
@@ -146,16 +178,16 @@ pub fn crd_yaml() -> Result<String, String> {
     yaml_serde::to_string(&Tenant::crd()).map_err(|e| format!("cannot write the CRD as YAML: {e}"))
 }
 
-/// Renders the Tenant in `file` (`-` for standard input) as multi-document
-/// YAML; the error is a message for a person, one line per invalid field.
-pub fn render_file(file: &Path, settings: &OperatorSettings) -> Result<String, String> {
+/// Renders the Tenant in `file` (`-` for standard input); the error is a
+/// message for a person, one line per invalid field.
+pub fn render_file(file: &Path, settings: &OperatorSettings) -> Result<Rendered, String> {
     let yaml = if file.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin())
             .map_err(|e| format!("cannot read standard input: {e}"))?
     } else {
         std::fs::read_to_string(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?
     };
-    render_tenant(&yaml, settings).map_err(|e| match e {
+    render(&yaml, settings).map_err(|e| match e {
         // One line per field, so a person can work down the list.
         RenderError::Invalid(invalid) => {
             let lines: Vec<String> = invalid.errors.iter().map(|e| format!("  - {e}")).collect();

@@ -237,6 +237,77 @@ async fn second_reconcile_of_an_unchanged_tenant_makes_zero_writes() {
 }
 
 #[tokio::test]
+async fn advisories_are_conditions_with_one_warning_event_each_until_the_spec_changes() {
+    let mut advised = tenant("acme", "Delete");
+    advised["spec"]["network"]["ingressFrom"] = json!([{"matchLabels": {"team": "agents"}}]);
+    advised["spec"]["server"] = json!({"replicas": 2});
+    advised["spec"]["rateLimits"] = json!({"perCaller": {"requestsPerMinute": 60, "burst": 5}});
+    let w = world(vec![advised]).await;
+    let first = w.reconcile("acme").await;
+    first.result.expect("first reconcile");
+    assert_eq!(
+        first.writes, 10,
+        "applied as written: one apply per child plus the status"
+    );
+    assert_eq!(
+        first.events, 4,
+        "Applied, the first Ready verdict and two advisories"
+    );
+    let acme = w.tenant("acme").await;
+    for (type_, says) in [
+        (
+            "IngressByMutableLabel",
+            "spec.network.ingressFrom[0] (team=agents)",
+        ),
+        (
+            "RateLimitsPerReplica",
+            "60/min with burst 5 on each replica, up to 120/min with burst 10 in all",
+        ),
+    ] {
+        let c = condition(&acme, type_);
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", type_));
+        assert!(c.message.contains(says), "{c:?}");
+        let events = events_with_reason(&w.client, type_).await;
+        assert_eq!(events.len(), 1, "{type_}");
+        assert_eq!(events[0].type_.as_deref(), Some("Warning"));
+    }
+
+    let again = w.reconcile("acme").await;
+    again.result.expect("no-op");
+    assert_eq!((again.writes, again.events), (0, 0), "no Event is repeated");
+
+    let change = json!({"spec": {
+        "network": {"ingressFrom": [{"matchLabels": {"kubernetes.io/metadata.name": "agents"}}]},
+        "server": {"replicas": 1},
+    }});
+    Api::<Tenant>::all(w.client.clone())
+        .patch("acme", &PatchParams::default(), &Patch::Merge(&change))
+        .await
+        .expect("spec change");
+    w.reconcile("acme")
+        .await
+        .result
+        .expect("reconcile after change");
+    let acme = w.tenant("acme").await;
+    assert!(
+        !has_condition(&acme, "IngressByMutableLabel"),
+        "{:?}",
+        acme.status
+    );
+    assert!(
+        !has_condition(&acme, "RateLimitsPerReplica"),
+        "{:?}",
+        acme.status
+    );
+    assert_eq!(
+        events_with_reason(&w.client, "IngressByMutableLabel")
+            .await
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
 async fn a_deleted_or_edited_child_is_healed_by_the_next_reconcile() {
     let w = world(vec![tenant("acme", "Delete")]).await;
     w.reconcile("acme").await.result.expect("reconcile");

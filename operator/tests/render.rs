@@ -13,7 +13,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use bulkhead_operator::render::{RenderError, parse_tenant, render_tenant};
+use bulkhead_operator::advisories::AdvisoryKind;
+use bulkhead_operator::render::{RenderError, parse_tenant, render, render_tenant};
 use bulkhead_operator::settings::OperatorSettings;
 
 fn repo_path(relative: &str) -> PathBuf {
@@ -158,6 +159,79 @@ fn cli_prints_what_the_library_renders() {
     assert_eq!(stdout, library);
 }
 
+/// Writes `yaml` to a file of its own and runs `render` on it.
+fn render_cli(name: &str, yaml: &str) -> (bool, String, String) {
+    let dir = std::env::temp_dir().join(format!("bulkhead-render-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tenant.yaml");
+    std::fs::write(&file, yaml).unwrap();
+    let result = bulkhead_operator(&["render", file.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).unwrap();
+    result
+}
+
+#[test]
+fn the_minimal_example_renders_without_warnings() {
+    let (ok, _, stderr) = bulkhead_operator(&[
+        "render",
+        repo_path("manifests/examples/minimal.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(stderr, "", "the minimal example selects by name");
+}
+
+#[test]
+fn cli_warns_on_stderr_who_an_ingress_label_lets_in_and_still_renders() {
+    let by_label = read("manifests/examples/minimal.yaml").replace(
+        "kubernetes.io/metadata.name: mcp-gateway",
+        "bulkhead.dev/gateway: \"true\"",
+    );
+    let (ok, stdout, stderr) = render_cli("label", &by_label);
+    assert!(ok, "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].starts_with(
+            "warning: IngressByMutableLabel: spec.network.ingressFrom[0] (bulkhead.dev/gateway=true) selects namespaces by label"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        lines[0].contains("anyone who may create a namespace, or label one"),
+        "{stderr}"
+    );
+    // The warning does not change what is applied, and stdout stays YAML.
+    assert!(stdout.contains("bulkhead.dev/gateway: 'true'"), "{stdout}");
+    assert_eq!(
+        stdout,
+        render_tenant(&by_label, &OperatorSettings::default()).unwrap()
+    );
+}
+
+#[test]
+fn the_full_example_warns_that_rate_limits_are_per_replica() {
+    let rendered = render(
+        &read("manifests/examples/full.yaml"),
+        &OperatorSettings::default(),
+    )
+    .unwrap();
+    let kinds: Vec<AdvisoryKind> = rendered.advisories.iter().map(|a| a.kind).collect();
+    assert_eq!(kinds, [AdvisoryKind::RateLimitsPerReplica]);
+    let lines = rendered.warning_lines();
+    assert!(
+        lines[0].contains("spec.rateLimits.perCaller (120/min with burst 20 on each replica, up to 240/min with burst 40 in all)"),
+        "{lines:?}"
+    );
+
+    // With one replica the limits mean what they say.
+    let one = read("manifests/examples/full.yaml").replace("replicas: 2", "replicas: 1");
+    let (ok, _, stderr) = render_cli("one-replica", &one);
+    assert!(ok, "{stderr}");
+    assert_eq!(stderr, "");
+}
+
 #[test]
 fn cli_refuses_an_invalid_tenant_naming_the_field_and_exits_non_zero() {
     let dir = std::env::temp_dir().join(format!("bulkhead-render-{}", std::process::id()));
@@ -260,7 +334,7 @@ metadata:
 spec:
   network:
     ingressFrom:
-      - matchLabels: {bulkhead.dev/gateway: "true"}
+      - matchLabels: {kubernetes.io/metadata.name: mcp-gateway}
 status:
   observedGeneration: 3
   namespace: bulkhead-acme

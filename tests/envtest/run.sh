@@ -36,7 +36,10 @@ log "control-plane binaries: $bin"
 
 log "building bulkhead-operator and bulkhead-server"
 cargo build -p bulkhead-operator -p bulkhead-server
-unset BULKHEAD_OPERATOR_BIN BULKHEAD_SERVER_BIN
+# BULKHEAD_OPERATOR_BIN and BULKHEAD_SERVER_BIN, when set, name the binaries
+# to test instead (e.g. copies, where the target directory is shared with
+# other checkouts whose builds overwrite it).
+log "binaries: ${BULKHEAD_OPERATOR_BIN:-the operator just built}, ${BULKHEAD_SERVER_BIN:-the server just built}"
 
 # Arguments before `--` go to cargo test, after it to the test binaries.
 cargo_args=()

@@ -13,6 +13,7 @@ use tracing::warn;
 
 use super::backoff::TenantBackoff;
 use super::metrics::Metrics;
+use crate::advisories::AdvisoryKind;
 use crate::labels::FIELD_MANAGER;
 use crate::settings::OperatorSettings;
 
@@ -31,6 +32,9 @@ pub enum EventReason {
     ReconcileFailed,
     /// The Ready condition changed; the reason is the condition's.
     ReadyChanged(String),
+    /// The spec gives cause for an advisory (newly, or with a new message);
+    /// the reason is the advisory's condition type.
+    Advisory(AdvisoryKind),
 }
 
 impl EventReason {
@@ -42,6 +46,7 @@ impl EventReason {
             Self::Retained => "Retained",
             Self::ReconcileFailed => "ReconcileFailed",
             Self::ReadyChanged(reason) => reason,
+            Self::Advisory(kind) => kind.as_str(),
         }
     }
 
@@ -51,7 +56,7 @@ impl EventReason {
             Self::Applied => "Apply",
             Self::Pruned => "Prune",
             Self::Retained => "Delete",
-            Self::ReconcileFailed | Self::ReadyChanged(_) => "Reconcile",
+            Self::ReconcileFailed | Self::ReadyChanged(_) | Self::Advisory(_) => "Reconcile",
         }
     }
 }

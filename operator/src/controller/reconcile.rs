@@ -34,7 +34,8 @@ use super::deletion::{
 };
 use super::error::{Error, Result};
 use super::metrics::Outcome;
-use super::status::{Report, desired_status, ready_transition, verdicts};
+use super::status::{Report, desired_status, new_advisories, ready_transition, verdicts};
+use crate::advisories::advisories;
 use crate::desired::{TenantObjects, ValidTenant, namespace_name, validate};
 
 /// How long a Tenant in a namespace conflict waits before it is checked
@@ -192,11 +193,13 @@ async fn converge(tenant: &Tenant, ctx: &Context) -> Result<Done> {
     // status carries the generation the API server now reports.
     let updated = sync_finalizer(&tenants, tenant).await?;
     let tenant = updated.as_ref().unwrap_or(tenant);
-    let (report, done) = match converge_steps(tenant, ctx).await {
+    let (mut report, done) = match converge_steps(tenant, ctx).await {
         Ok(converged) => converged,
         Err(Halt::Report(report, done)) => (report, done),
         Err(Halt::Failed(error)) => return Err(error),
     };
+    // Judged from the spec alone, whatever else the reconcile found.
+    report.advisories = advisories(&tenant.spec);
     write_status(
         ctx,
         &tenants,
@@ -332,7 +335,8 @@ async fn prune(
 }
 
 /// The one place a Tenant's status is written: computes it from `report`,
-/// writes it if it changed, and publishes an Event when Ready changed.
+/// writes it if it changed, and publishes an Event when Ready changed and a
+/// Warning Event for each advisory that is new or says something new.
 ///
 /// Generic over the Tenant type so a Tenant this operator cannot read
 /// (`DeserializeGuard<Tenant>`) is reported the same way.
@@ -354,6 +358,15 @@ where
             &tenant_ref(meta),
             event_type,
             EventReason::ReadyChanged(reason),
+            note,
+        )
+        .await;
+    }
+    for (kind, note) in new_advisories(live, &status) {
+        ctx.publish_to(
+            &tenant_ref(meta),
+            EventType::Warning,
+            EventReason::Advisory(kind),
             note,
         )
         .await;

@@ -448,7 +448,7 @@ pub fn tenant(name: &str, deletion_policy: &str) -> Value {
         "spec": {
             "credentials": [{"name": "github", "key": "github_token"}],
             "connectors": [{"name": "github", "type": "github", "baseUrl": "https://api.github.com", "credential": "github"}],
-            "network": {"ingressFrom": [{"matchLabels": {"bulkhead.dev/gateway": "true"}}]},
+            "network": {"ingressFrom": [{"matchLabels": {"kubernetes.io/metadata.name": "mcp-gateway"}}]},
             "deletionPolicy": deletion_policy,
         },
         "status": {}

@@ -52,13 +52,14 @@ use serde_json::{Value, json};
 // ---------------------------------------------------------------------------
 // The world around the two tenants.
 
-/// The namespace whose pods are the MCP gateway: labelled as the minimal
-/// example's selector expects, and named as the full example's expects.
+/// The namespace whose pods are the MCP gateway, named as both examples'
+/// selectors expect (`kubernetes.io/metadata.name: mcp-gateway`).
 const GATEWAY_NAMESPACE: &str = "mcp-gateway";
-/// Selected by the full example's `bulkhead.dev/team In (globex-agents)`.
+/// Selected by the full example's `kubernetes.io/metadata.name In (globex-agents)`.
 const AGENTS_NAMESPACE: &str = "globex-agents";
-/// A namespace that anyone allowed to label namespaces labelled
-/// `bulkhead.dev/gateway: "true"`: the minimal example's selector admits it.
+/// A namespace with every label of the gateway's but its name (as anyone
+/// allowed to create or label namespaces may make one): the examples select
+/// by name, so no tenant admits it.
 const LOOKALIKE_NAMESPACE: &str = "gateway-lookalike";
 /// A namespace without rights and without any policy of its own: no tenant
 /// may be reached from it, and everything may reach it (the control that
@@ -95,9 +96,9 @@ struct TenantExpectation {
 const TENANTS: &[TenantExpectation] = &[
     TenantExpectation {
         example: "minimal.yaml",
-        // `matchLabels: {bulkhead.dev/gateway: "true"}`: a label, so the
-        // lookalike namespace is admitted as well as the gateway.
-        callers: &[GATEWAY_NAMESPACE, LOOKALIKE_NAMESPACE],
+        // `matchLabels: {kubernetes.io/metadata.name: mcp-gateway}`: by
+        // name, so not the lookalike namespace.
+        callers: &[GATEWAY_NAMESPACE],
         upstream: &[],
         upstream_ports: &[],
     },
@@ -203,7 +204,7 @@ fn surroundings() -> Vec<Value> {
             "gateway-0",
             &json!({"app.kubernetes.io/name": "mcp-gateway"}),
         ),
-        namespace(AGENTS_NAMESPACE, &[("bulkhead.dev/team", "globex-agents")]),
+        namespace(AGENTS_NAMESPACE, &[]),
         pod(
             AGENTS_NAMESPACE,
             "agent-0",
@@ -1220,6 +1221,7 @@ fn an_ingress_rule_admitting_every_namespace_is_caught() -> Result<()> {
     let report = mismatches(&objects)?;
     for line in [
         "no-rights/client-0 -> bulkhead-acme/mcp-server-0: expected no path, the evaluator says TCP 8080",
+        "gateway-lookalike/lookalike-0 -> bulkhead-acme/mcp-server-0: expected no path, the evaluator says TCP 8080",
         "globex-agents/agent-0 -> bulkhead-acme/mcp-server-0: expected no path, the evaluator says TCP 8080",
         "kube-system/metrics-server-0 -> bulkhead-acme/mcp-server-0: expected no path, the evaluator says TCP 8080",
     ] {

@@ -14,6 +14,12 @@
 //!   spec, namespace conflict, malformed object), so Flux fails fast on the
 //!   latter instead of waiting for its timeout. Both are absent when Ready.
 //!
+//! - Advisories (see [`crate::advisories`]): a condition per advisory,
+//!   `True` and named after it (`IngressByMutableLabel`,
+//!   `RateLimitsPerReplica`) while the spec gives cause, absent otherwise,
+//!   like `Reconciling` and `Stalled`. They never change `Ready`: the Tenant
+//!   works as written.
+//!
 //! Each condition keeps its `lastTransitionTime` while its status is
 //! unchanged, so an unchanged Tenant computes an identical status and the
 //! controller writes nothing.
@@ -34,6 +40,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::error::{Error, Result};
+use crate::advisories::{Advisory, AdvisoryKind};
 use crate::labels::FIELD_MANAGER;
 
 /// `True` only when every other condition is `True`.
@@ -175,6 +182,9 @@ pub struct Report {
     /// states only a person can resolve (invalid spec, malformed object,
     /// namespace conflict); reported as `Stalled`.
     pub ready: Option<Verdict>,
+    /// What the spec allows beyond what it seems to say; each becomes a
+    /// condition of its kind. Conditions of kinds not listed are removed.
+    pub advisories: Vec<Advisory>,
 }
 
 /// Computes the Ready verdict from the part verdicts.
@@ -257,6 +267,15 @@ pub fn desired_status(
             ..ready
         }));
     }
+    for advisory in &report.advisories {
+        let type_ = advisory.kind.as_str();
+        conditions.push(to_condition(&Verdict {
+            type_,
+            status: Truth::True,
+            reason: type_.to_owned(),
+            message: advisory.message.clone(),
+        }));
+    }
     TenantStatus {
         observed_generation: generation,
         namespace: report
@@ -331,6 +350,29 @@ pub fn ready_transition(
         next_ready.reason.clone(),
         next_ready.message.clone(),
     ))
+}
+
+/// The advisories in `next` that are new since `previous` or say something
+/// else now, each worth a Warning Event.
+pub fn new_advisories(
+    previous: Option<&TenantStatus>,
+    next: &TenantStatus,
+) -> Vec<(AdvisoryKind, String)> {
+    let find = |status: Option<&TenantStatus>, type_: &str| {
+        status.and_then(|s| {
+            s.conditions
+                .iter()
+                .find(|c| c.type_ == type_ && c.status == "True")
+                .map(|c| c.message.clone())
+        })
+    };
+    AdvisoryKind::ALL
+        .into_iter()
+        .filter_map(|kind| {
+            let now = find(Some(next), kind.as_str())?;
+            (find(previous, kind.as_str()).as_ref() != Some(&now)).then_some((kind, now))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -460,5 +502,73 @@ mod tests {
             event.map(|(t, r, _)| (t, r)),
             Some((EventType::Warning, "InvalidSpec".to_owned()))
         );
+    }
+
+    fn advisory(kind: AdvisoryKind, message: &str) -> Advisory {
+        Advisory {
+            kind,
+            message: message.to_owned(),
+        }
+    }
+
+    #[test]
+    fn advisories_are_conditions_that_leave_ready_alone_and_go_when_resolved() {
+        let advised = Report {
+            parts: all_parts(Truth::True),
+            advisories: vec![
+                advisory(AdvisoryKind::IngressByMutableLabel, "by label"),
+                advisory(AdvisoryKind::RateLimitsPerReplica, "3 replicas"),
+            ],
+            ..Report::default()
+        };
+        let first = desired_status(&advised, Some(1), None);
+        assert_eq!(
+            ready_condition(Some(&first)).map(|c| c.status.as_str()),
+            Some("True")
+        );
+        let ingress = first
+            .conditions
+            .iter()
+            .find(|c| c.type_ == "IngressByMutableLabel");
+        assert_eq!(
+            ingress.map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str())),
+            Some(("True", "IngressByMutableLabel", "by label"))
+        );
+        assert_eq!(
+            new_advisories(None, &first),
+            [
+                (AdvisoryKind::IngressByMutableLabel, "by label".to_owned()),
+                (AdvisoryKind::RateLimitsPerReplica, "3 replicas".to_owned())
+            ]
+        );
+
+        // Unchanged: the same status, so no write and no Event.
+        let again = desired_status(&advised, Some(1), Some(&first));
+        assert_eq!(again, first);
+        assert!(new_advisories(Some(&first), &again).is_empty());
+
+        // A changed message is worth an Event; a resolved advisory goes.
+        let changed = Report {
+            advisories: vec![advisory(AdvisoryKind::RateLimitsPerReplica, "4 replicas")],
+            ..advised.clone()
+        };
+        let second = desired_status(&changed, Some(2), Some(&first));
+        assert!(
+            !second
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "IngressByMutableLabel")
+        );
+        assert_eq!(
+            new_advisories(Some(&first), &second),
+            [(AdvisoryKind::RateLimitsPerReplica, "4 replicas".to_owned())]
+        );
+        let resolved = Report {
+            advisories: Vec::new(),
+            ..advised
+        };
+        let third = desired_status(&resolved, Some(3), Some(&second));
+        assert_eq!(third.conditions.len(), 5, "{:?}", third.conditions);
+        assert!(new_advisories(Some(&second), &third).is_empty());
     }
 }

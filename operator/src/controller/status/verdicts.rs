@@ -44,7 +44,7 @@ pub fn converged(
             credentials(tenant, objects, ns),
             server(deployment, ns),
         ],
-        ready: None,
+        ..Report::default()
     }
 }
 
@@ -225,6 +225,7 @@ pub fn namespace_conflict(ns: &str) -> Report {
             Reason::NamespaceConflict,
             message,
         )),
+        ..Report::default()
     }
 }
 #[cfg(test)]
