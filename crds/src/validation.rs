@@ -463,14 +463,16 @@ fn validate_spec(tenant: &Tenant, errors: &mut Errors) {
     }
 }
 
-/// Canonical CIDRs, each listed once (a `set` list in the schema).
+/// Canonical CIDRs, each listed once. The schema's `set` list compares the
+/// strings, so `::/0` and `0:0:0:0:0:0:0:0/0` are two entries for the API
+/// server and here too (the NetworkPolicy just carries the range twice).
 fn validate_cidrs(field: &str, cidrs: &[String], errors: &mut Errors) {
     let mut seen = BTreeSet::new();
     for (i, cidr) in cidrs.iter().enumerate() {
         let field = format!("{field}[{i}]");
         match cidr.parse::<Cidr>() {
-            Ok(parsed) => {
-                if !seen.insert(parsed) {
+            Ok(_) => {
+                if !seen.insert(cidr.as_str()) {
                     errors.add(field, format!("{cidr} is listed more than once"));
                 }
             }

@@ -864,6 +864,12 @@ pub fn valid_cases() -> Vec<ValidCase> {
             },
         },
         ValidCase {
+            name: "one range written two ways",
+            edit: |t| {
+                t["spec"]["network"]["egress"]["cidrs"] = json!(["::/0", "0:0:0:0:0:0:0:0/0"])
+            },
+        },
+        ValidCase {
             name: "rate limits at their bounds",
             edit: |t| {
                 t["spec"]["rateLimits"]["perCaller"] =
