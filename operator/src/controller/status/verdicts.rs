@@ -37,8 +37,13 @@ pub fn converged(
                 Truth::True,
                 Reason::NetworkPolicyApplied,
                 format!(
-                    "NetworkPolicy {} denies all traffic in {ns} except ingress from spec.network.ingressFrom and egress to DNS, the API server and spec.network.egress",
-                    objects.network_policy.name_any()
+                    "NetworkPolicy {} denies all traffic in {ns} except ingress from spec.network.ingressFrom and egress to DNS, the API server and spec.network.egress{}",
+                    objects.network_policy.name_any(),
+                    if tenant.spec.auth.oauth.is_some() {
+                        ", and to the OAuth issuer at spec.auth.oauth.issuerNetwork"
+                    } else {
+                        ""
+                    }
                 ),
             ),
             credentials(tenant, objects, ns),
@@ -316,6 +321,33 @@ mod tests {
                 ..DeploymentStatus::default()
             }),
             ..Deployment::default()
+        }
+    }
+
+    #[test]
+    fn network_isolated_names_the_issuer_egress_of_oauth_tenants() {
+        use crate::desired::fixtures::{FULL, OAUTH, live_tenant, objects};
+        for (yaml, names_issuer) in [(OAUTH, true), (FULL, false)] {
+            let report = converged(
+                &live_tenant(yaml),
+                &objects(yaml),
+                &Deployment::default(),
+                "bulkhead-x",
+                "http://mcp.bulkhead-x.svc:8080/mcp".to_owned(),
+            );
+            let network = report
+                .parts
+                .iter()
+                .find(|v| v.type_ == NETWORK_ISOLATED)
+                .unwrap();
+            assert_eq!(
+                network
+                    .message
+                    .contains("to the OAuth issuer at spec.auth.oauth.issuerNetwork"),
+                names_issuer,
+                "{}",
+                network.message
+            );
         }
     }
 
