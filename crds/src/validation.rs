@@ -19,7 +19,7 @@
 //! before anything is built from it. Every problem is reported at once, each
 //! with the path of the field and the reason.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -666,9 +666,9 @@ pub fn check_oauth(oauth: &OAuthFields<'_>) -> Vec<(String, String)> {
             problems.push((name.to_owned(), format!("{claim:?} {reason}")));
         }
     }
-    let mut algorithms = BTreeSet::new();
+    let mut algorithms = HashSet::new();
     for (i, algorithm) in oauth.algorithms.iter().enumerate() {
-        if !algorithms.insert(format!("{algorithm:?}")) {
+        if !algorithms.insert(algorithm) {
             problems.push((
                 format!("algorithms[{i}]"),
                 format!("{algorithm:?} is listed more than once"),
