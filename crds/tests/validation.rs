@@ -98,7 +98,7 @@ fn keywords_refuse(node: &Value, value: &Value) -> bool {
 
 #[test]
 fn the_examples_pass_code_and_cel_validation() {
-    for name in ["minimal", "full"] {
+    for name in ["minimal", "full", "oauth"] {
         let tenant = example(name);
         assert_eq!(code_validation(&tenant), Ok(()), "{name}");
         assert_eq!(cel_validation(&tenant), Ok(()), "{name}");
@@ -349,5 +349,72 @@ fn allow_paths_are_judged_alike_by_code_and_schema() {
         let by_code = code_validation(&tenant).is_ok();
         let by_schema = !keywords_refuse(node, &json!(path)) && cel_validation(&tenant).is_ok();
         assert_eq!(by_code, by_schema, "{path:?}");
+    }
+}
+
+#[test]
+fn issuer_and_resource_urls_are_judged_alike_by_code_and_schema() {
+    let schema = openapi_schema();
+    for (field, urls) in [
+        (
+            "issuer",
+            &[
+                "https://login.example.com",
+                "https://login.example.com:8443/realms/a",
+                "http://localhost",
+                "http://localhost:8080/idp",
+                "http://127.0.0.1:9000",
+                "http://[::1]:3000/x",
+                "https://[2001:db8::1]/x",
+                "http://login.example.com",
+                "http://localhost.example.com",
+                "http://127.0.0.1.example.com",
+                "http://127.1",
+                "http://LOCALHOST",
+                "http://localhost:",
+                "HTTPS://login.example.com",
+                "https://u@login.example.com",
+                "https://login.example.com/?q",
+                "https://login.example.com/#f",
+                "https://login.example.com/a b",
+                "https://login.example.com/a\u{a0}b",
+                "https:///x",
+                "https://",
+                "",
+            ][..],
+        ),
+        (
+            "resource",
+            &[
+                "https://mcp.example.com/acme/mcp",
+                "https://mcp.example.com/acme/mcp?v=1",
+                "https://mcp.example.com?v=1",
+                "http://localhost:3000/mcp",
+                "http://mcp.example.com/mcp",
+                "https://mcp.example.com/mcp#f",
+                "https://u:p@mcp.example.com/mcp",
+            ][..],
+        ),
+    ] {
+        let path = format!("spec.auth.oauth.{field}");
+        let node = schema_of(&schema, &path);
+        for url in urls {
+            let mut tenant = example("oauth");
+            tenant["spec"]["auth"]["oauth"][field] = json!(url);
+            let by_code = code_validation(&tenant).is_ok();
+            let by_schema = !keywords_refuse(node, &json!(url)) && cel_validation(&tenant).is_ok();
+            assert_eq!(by_code, by_schema, "{field} {url:?}");
+        }
+    }
+    // What a pattern cannot see: a host the URL Standard refuses or a port
+    // above 65535. The schema lets these through and the code refuses them
+    // (the operator reports InvalidSpec), as for connector base URLs.
+    let node = schema_of(&schema, "spec.auth.oauth.issuer");
+    for url in ["https://exa%mple.com", "https://login.example.com:99999"] {
+        assert!(!keywords_refuse(node, &json!(url)), "{url}");
+        assert!(
+            bulkhead_crds::validation::check_issuer_url(url).is_err(),
+            "{url}"
+        );
     }
 }

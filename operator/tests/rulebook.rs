@@ -5,7 +5,8 @@
 //!
 //! Tenants are generated near the edges of each rule (paths, base URLs,
 //! CIDRs of both families including IPv4-mapped ones, names, quantities,
-//! rate limits) with proptest.
+//! rate limits, OAuth issuers and resources, scopes, claims, the issuer's
+//! network and access rules) with proptest.
 
 use std::process::Command;
 
@@ -109,6 +110,17 @@ fn the_named_inputs_are_refused_by_render_exactly_as_by_the_server() {
 fn mostly<T: Clone + std::fmt::Debug + 'static>(valid: Vec<T>, edge: Vec<T>) -> BoxedStrategy<T> {
     prop_oneof![
         9 => prop::sample::select(valid),
+        1 => prop::sample::select(edge),
+    ]
+    .boxed()
+}
+
+/// Picks from `edge` one time in 40: for the many independent parts of
+/// `spec.auth` and `spec.access`, so that a fair share of Tenants with
+/// them still passes validation.
+fn seldom<T: Clone + std::fmt::Debug + 'static>(valid: Vec<T>, edge: Vec<T>) -> BoxedStrategy<T> {
+    prop_oneof![
+        39 => prop::sample::select(valid),
         1 => prop::sample::select(edge),
     ]
     .boxed()
@@ -303,6 +315,141 @@ fn connector() -> impl Strategy<Value = Value> {
         })
 }
 
+/// Issuer or resource URLs; `query` adds the resource's query forms.
+fn oauth_url(query: bool) -> impl Strategy<Value = String> {
+    let mut valid = vec![
+        "https://login.example.com",
+        "https://login.example.com/realms/acme",
+        "https://login.example.com:8443/x",
+        "http://localhost:8080",
+        "http://127.0.0.1:9000/idp",
+        "http://[::1]:3000/mcp",
+        "https://[2001:db8::1]/x",
+    ];
+    let mut edge = vec![
+        "http://login.example.com",
+        "http://localhost.example.com",
+        "http://127.0.0.1.example.com",
+        "http://127.1",
+        "http://LOCALHOST",
+        "https://u@login.example.com",
+        "https://login.example.com/#f",
+        "https://login.example.com/a b",
+        "https://a:99999",
+        "https://exa%mple.com",
+        "ftp://login.example.com",
+        "https://",
+        "",
+    ];
+    if query {
+        valid.push("https://mcp.example.com/mcp?v=1");
+    } else {
+        edge.push("https://login.example.com/?realm=a");
+    }
+    seldom(valid, edge).prop_map(str::to_owned)
+}
+
+fn scope() -> impl Strategy<Value = String> {
+    seldom(
+        vec!["mcp:tools", "read", "a!#[]~", "github.read"],
+        vec!["a b", "a\\b", "a\"b", "", "é"],
+    )
+    .prop_map(str::to_owned)
+}
+
+fn claim() -> impl Strategy<Value = Option<String>> {
+    prop::option::of(seldom(
+        vec![
+            "sub".to_owned(),
+            "https://example.com/uid".to_owned(),
+            "c".repeat(128),
+        ],
+        vec![String::new(), "a\u{7}b".to_owned(), "c".repeat(129)],
+    ))
+}
+
+fn issuer_network() -> impl Strategy<Value = Value> {
+    let namespaces = json!({"matchLabels": {"kubernetes.io/metadata.name": "idp"}});
+    let pods = json!({"matchLabels": {"app": "idp"}});
+    seldom(
+        vec![
+            json!({"cidrs": ["203.0.113.10/32"]}),
+            json!({"cidrs": ["10.20.0.0/16", "0.0.0.0/0"], "ports": [443, 8443]}),
+            json!({"namespaceSelector": namespaces, "ports": [8080]}),
+            json!({"namespaceSelector": namespaces, "podSelector": pods}),
+        ],
+        vec![
+            json!({}),
+            json!({"cidrs": ["203.0.113.10/24"]}),
+            json!({"cidrs": ["203.0.113.10/32"], "namespaceSelector": namespaces}),
+            json!({"cidrs": ["203.0.113.10/32"], "podSelector": pods}),
+            json!({"namespaceSelector": {}}),
+            json!({"cidrs": ["203.0.113.10/32"], "ports": [0]}),
+        ],
+    )
+}
+
+fn oauth() -> impl Strategy<Value = Value> {
+    (
+        oauth_url(false),
+        oauth_url(true),
+        prop::collection::vec(scope(), 0..3),
+        (claim(), claim(), claim()),
+        seldom(vec![json!(null), json!(0), json!(300)], vec![json!(301)]),
+        issuer_network(),
+    )
+        .prop_map(
+            |(issuer, resource, scopes, (caller, groups, tenant), skew, network)| {
+                let mut oauth = json!({
+                    "issuer": issuer,
+                    "resource": resource,
+                    "requiredScopes": scopes,
+                    "issuerNetwork": network,
+                });
+                for (name, claim) in [
+                    ("callerClaim", caller),
+                    ("groupsClaim", groups),
+                    ("tenantClaim", tenant),
+                ] {
+                    if let Some(claim) = claim {
+                        oauth[name] = json!(claim);
+                    }
+                }
+                if !skew.is_null() {
+                    oauth["clockSkewSeconds"] = skew;
+                }
+                oauth
+            },
+        )
+}
+
+fn access_rule() -> impl Strategy<Value = Value> {
+    let subject = seldom(
+        vec![
+            json!({"apiKeyCaller": "ci-release"}),
+            json!({"tokenSubject": "alice"}),
+            json!({"group": "Ops Team"}),
+            json!({"scope": "github.read"}),
+        ],
+        vec![
+            json!({}),
+            json!({"group": "ops", "scope": "x"}),
+            json!({"apiKeyCaller": "ci/release"}),
+            json!({"tokenSubject": "a\u{85}b"}),
+            json!({"scope": "a b"}),
+        ],
+    );
+    let tool = seldom(
+        vec!["*", "github_*", "github_get_repository", "a.b-c"],
+        vec!["github get", "github/*", ""],
+    );
+    (
+        prop::collection::vec(subject, 1..3),
+        prop::collection::vec(tool, 1..3),
+    )
+        .prop_map(|(subjects, tools)| json!({"subjects": subjects, "tools": tools}))
+}
+
 fn tenant() -> impl Strategy<Value = Value> {
     (
         tenant_name(),
@@ -319,9 +466,23 @@ fn tenant() -> impl Strategy<Value = Value> {
             ),
             0..2,
         ),
+        (
+            seldom(vec![true], vec![false]),
+            prop::option::weighted(0.7, oauth()),
+            prop::collection::vec(access_rule(), 0..2),
+        ),
     )
         .prop_map(
-            |(name, credentials, connectors, cidrs, (cpu, memory), per_caller, per_tool)| {
+            |(
+                name,
+                credentials,
+                connectors,
+                cidrs,
+                (cpu, memory),
+                per_caller,
+                per_tool,
+                (api_keys, oauth, access),
+            )| {
                 let mut tenant = json!({
                     "apiVersion": "bulkhead.dev/v1alpha1",
                     "kind": "Tenant",
@@ -346,6 +507,11 @@ fn tenant() -> impl Strategy<Value = Value> {
                     tenant["spec"]["rateLimits"]["perCaller"] =
                         json!({"requestsPerMinute": rpm, "burst": burst});
                 }
+                tenant["spec"]["auth"] = json!({"apiKeys": api_keys});
+                if let Some(oauth) = oauth {
+                    tenant["spec"]["auth"]["oauth"] = oauth;
+                }
+                tenant["spec"]["access"] = json!(access);
                 tenant
             },
         )
@@ -361,6 +527,7 @@ fn every_valid_tenant_renders_to_a_configuration_the_server_loads() {
     const CASES: u32 = 2000;
     let valid = AtomicUsize::new(0);
     let with_connectors = AtomicUsize::new(0);
+    let with_oauth_and_access = AtomicUsize::new(0);
     let mut runner = TestRunner::new(ProptestConfig {
         cases: CASES,
         failure_persistence: None,
@@ -378,6 +545,9 @@ fn every_valid_tenant_renders_to_a_configuration_the_server_loads() {
         valid.fetch_add(1, Ordering::Relaxed);
         if !parsed.spec.connectors.is_empty() {
             with_connectors.fetch_add(1, Ordering::Relaxed);
+        }
+        if parsed.spec.auth.oauth.is_some() && !parsed.spec.access.is_empty() {
+            with_oauth_and_access.fetch_add(1, Ordering::Relaxed);
         }
         let rendered = render_tenant(
             &yaml_serde::to_string(&tenant).unwrap(),
@@ -407,11 +577,19 @@ fn every_valid_tenant_renders_to_a_configuration_the_server_loads() {
     if let Err(error) = outcome {
         panic!("{error}");
     }
-    let (valid, with_connectors) = (valid.into_inner(), with_connectors.into_inner());
-    eprintln!("{valid} of {CASES} generated Tenants were valid, {with_connectors} with connectors");
+    let (valid, with_connectors, with_oauth_and_access) = (
+        valid.into_inner(),
+        with_connectors.into_inner(),
+        with_oauth_and_access.into_inner(),
+    );
+    eprintln!(
+        "{valid} of {CASES} generated Tenants were valid, {with_connectors} with connectors, {with_oauth_and_access} with oauth and access rules"
+    );
     assert!(
-        valid >= CASES as usize / 20 && with_connectors >= CASES as usize / 50,
-        "too few valid Tenants generated to test anything: {valid} valid, {with_connectors} with connectors, of {CASES}"
+        valid >= CASES as usize / 20
+            && with_connectors >= CASES as usize / 50
+            && with_oauth_and_access >= CASES as usize / 100,
+        "too few valid Tenants generated to test anything: {valid} valid, {with_connectors} with connectors, {with_oauth_and_access} with oauth and access, of {CASES}"
     );
 }
 

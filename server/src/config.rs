@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use bulkhead_crds::server_config::{SecretSource, ServerConfig};
 use bulkhead_crds::tenant::ConnectorType;
 use bulkhead_crds::validation::{
-    check_allow_method, check_allow_path, check_base_url, check_rate_limit, check_tool_name,
-    is_dns_label, is_ref_name, is_secret_key,
+    OAuthFields, check_allow_method, check_allow_path, check_auth_and_access, check_base_url,
+    check_oauth, check_rate_limit, check_tool_name, is_dns_label, is_ref_name, is_secret_key,
 };
 
 /// Why the configuration cannot be used.
@@ -221,6 +221,38 @@ pub fn validate(config: &ServerConfig) -> Result<(), ConfigError> {
             ));
         }
     }
+    // `auth` and `access` come from `spec.auth` and `spec.access`: the
+    // Tenant's rules, with the defaults the operator fills in.
+    if let Some(oauth) = &config.auth.oauth {
+        let fields = OAuthFields {
+            issuer: &oauth.issuer,
+            resource: &oauth.resource,
+            required_scopes: &oauth.required_scopes,
+            caller_claim: Some(&oauth.caller_claim),
+            groups_claim: Some(&oauth.groups_claim),
+            tenant_claim: oauth.tenant_claim.as_deref(),
+            algorithms: &oauth.algorithms,
+            clock_skew_seconds: Some(oauth.clock_skew_seconds),
+        };
+        if let Some((field, reason)) = check_oauth(&fields).into_iter().next() {
+            return invalid(format!("auth.oauth.{field}: {reason}"));
+        }
+        if oauth.algorithms.is_empty() {
+            return invalid(
+                "auth.oauth.algorithms must name at least one signing algorithm".into(),
+            );
+        }
+    }
+    if let Some((field, reason)) = check_auth_and_access(
+        config.auth.api_keys,
+        config.auth.oauth.is_some(),
+        &config.access,
+    )
+    .into_iter()
+    .next()
+    {
+        return invalid(format!("{field}: {reason}"));
+    }
     Ok(())
 }
 
@@ -339,6 +371,74 @@ connectors:
             let text = MINIMAL.replace("/v1/invoices/*", path);
             load(&write("paths-ok", &text)).unwrap_or_else(|e| panic!("{path}: {e}"));
         }
+    }
+
+    const OAUTH: &str = r#"
+auth:
+  apiKeys: true
+  oauth:
+    issuer: "https://login.example.com/realms/acme"
+    resource: "https://mcp.example.com/acme/mcp"
+    requiredScopes: ["mcp:tools"]
+access:
+  - subjects: [{group: ops}, {apiKeyCaller: ci}]
+    tools: ["github_*"]
+"#;
+
+    #[test]
+    fn auth_and_access_follow_the_tenant_rules() {
+        load(&write("oauth", &format!("{MINIMAL}{OAUTH}"))).unwrap();
+        for (from, to, named) in [
+            (
+                "https://login.example.com/realms/acme",
+                "http://login.example.com",
+                "auth.oauth.issuer",
+            ),
+            (
+                "https://mcp.example.com/acme/mcp",
+                "https://mcp.example.com/acme/mcp#x",
+                "auth.oauth.resource",
+            ),
+            ("mcp:tools", "mcp tools", "auth.oauth.requiredScopes[0]"),
+            (
+                "{group: ops}",
+                "{group: ops, scope: x}",
+                "access[0].subjects[0]",
+            ),
+            ("github_*", "github/*", "access[0].tools[0]"),
+            (
+                "apiKeys: true",
+                "apiKeys: false",
+                "access[0].subjects[1].apiKeyCaller",
+            ),
+        ] {
+            let text = format!("{MINIMAL}{}", OAUTH.replace(from, to));
+            let error = load(&write("oauth-bad", &text)).unwrap_err().to_string();
+            assert!(error.contains(named), "{to}: {error}");
+        }
+        // A group subject with no token callers at all.
+        let no_oauth =
+            format!("{MINIMAL}access:\n  - subjects: [{{group: ops}}]\n    tools: [\"*\"]\n");
+        let error = load(&write("no-oauth", &no_oauth)).unwrap_err().to_string();
+        assert!(error.contains("access[0].subjects[0].group"), "{error}");
+        // Neither way to authenticate.
+        let error = load(&write(
+            "no-auth",
+            &format!("{MINIMAL}auth: {{apiKeys: false}}\n"),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("no caller can authenticate"), "{error}");
+        let error = load(&write(
+            "no-alg",
+            &format!(
+                "{MINIMAL}{}",
+                OAUTH.replace("requiredScopes", "algorithms: []\n    requiredScopes")
+            ),
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("auth.oauth.algorithms"), "{error}");
     }
 
     #[test]

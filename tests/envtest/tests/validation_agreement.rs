@@ -812,6 +812,217 @@ mod generated {
         ]
     }
 
+    /// An `oauth` object that passes both halves, to be edited.
+    fn oauth() -> Value {
+        json!({
+            "issuer": "https://login.example.com/realms/globex",
+            "resource": "https://mcp.example.com/globex/mcp",
+            "issuerNetwork": {"cidrs": ["203.0.113.10/32"]},
+        })
+    }
+
+    /// `spec.auth` with API keys on and `oauth`.
+    fn auth_with(oauth: Value) -> Edit {
+        set("/spec/auth", json!({"apiKeys": true, "oauth": oauth}))
+    }
+
+    /// Issuer and resource URLs from schemes, hosts and endings near the
+    /// rules' edges (https; http only on a loopback host; no user
+    /// information or fragment; the issuer no query).
+    fn oauth_urls() -> impl Strategy<Value = Edit> {
+        (
+            select(vec!["https://", "http://", "HTTPS://", "https:/", ""]),
+            select(vec![
+                "login.example.com",
+                "login.example.com:8443",
+                "localhost",
+                "localhost:8080",
+                "LOCALHOST",
+                "localhost.example.com",
+                "127.0.0.1:9000",
+                "127.0.0.1.example.com",
+                "[::1]:8443",
+                "[::2]",
+                "u@login.example.com",
+                "login\u{a0}example.com",
+                "",
+            ]),
+            select(vec![
+                "",
+                "/",
+                "/realms/a",
+                "/?q=1",
+                "/#f",
+                "/a b",
+                "/é",
+                "?x",
+                "/a\u{85}",
+            ]),
+            any::<bool>(),
+        )
+            .prop_map(|(scheme, host, ending, issuer)| {
+                let url = format!("{scheme}{host}{ending}");
+                let mut oauth = oauth();
+                oauth[if issuer { "issuer" } else { "resource" }] = json!(url);
+                auth_with(oauth)
+            })
+    }
+
+    /// Scopes, claim names, clock skews and algorithms near their edges.
+    fn oauth_values() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            select(vec![
+                json!(["mcp:tools"]),
+                json!(["a b"]),
+                json!(["a\"b"]),
+                json!(["a\\b"]),
+                json!([""]),
+                json!(["é"]),
+                json!(["a!#[]~"]),
+                json!(["s".repeat(256)]),
+                json!(["s".repeat(257)]),
+                json!(["x", "x"]),
+            ])
+            .prop_map(|scopes| {
+                let mut oauth = oauth();
+                oauth["requiredScopes"] = scopes;
+                auth_with(oauth)
+            }),
+            (
+                select(vec!["callerClaim", "groupsClaim", "tenantClaim"]),
+                prop_oneof![
+                    select(vec![
+                        "",
+                        "sub",
+                        "a\u{7}b",
+                        "a\u{85}b",
+                        "é",
+                        "https://x/y",
+                        "a b"
+                    ])
+                    .prop_map(str::to_owned),
+                    (select(vec!["c", "é"]), select(vec![127usize, 128, 129]))
+                        .prop_map(|(c, n)| c.repeat(n)),
+                ],
+            )
+                .prop_map(|(name, claim)| {
+                    let mut oauth = oauth();
+                    oauth[name] = json!(claim);
+                    auth_with(oauth)
+                }),
+            select(vec![-1i64, 0, 300, 301]).prop_map(|skew| {
+                let mut oauth = oauth();
+                oauth["clockSkewSeconds"] = json!(skew);
+                auth_with(oauth)
+            }),
+            select(vec![
+                json!(["RS256", "EdDSA"]),
+                json!(["HS256"]),
+                json!(["none"]),
+                json!(["ES256", "ES256"]),
+            ])
+            .prop_map(|algorithms| {
+                let mut oauth = oauth();
+                oauth["algorithms"] = algorithms;
+                auth_with(oauth)
+            }),
+        ]
+    }
+
+    /// Where the issuer is: CIDRs, selectors, both or neither, ports.
+    fn issuer_network() -> impl Strategy<Value = Edit> {
+        let namespaces = json!({"matchLabels": {"kubernetes.io/metadata.name": "idp"}});
+        (
+            select(vec![
+                None,
+                Some(json!([])),
+                Some(json!(["203.0.113.10/32"])),
+                Some(json!(["203.0.113.10/24"])),
+                Some(json!(["10.0.0.0/8", "10.0.0.0/8"])),
+            ]),
+            select(vec![
+                None,
+                Some(namespaces),
+                Some(json!({})),
+                Some(json!({"matchExpressions": [{"key": "idp", "operator": "Exists"}]})),
+            ]),
+            select(vec![
+                None,
+                Some(json!({})),
+                Some(json!({"matchLabels": {"app": "idp"}})),
+                Some(json!({"matchExpressions": [{"key": "app", "operator": "In"}]})),
+            ]),
+            select(vec![
+                None,
+                Some(json!([443, 8080])),
+                Some(json!([0])),
+                Some(json!([443, 443])),
+            ]),
+        )
+            .prop_map(|(cidrs, namespaces, pods, ports)| {
+                let mut network = json!({});
+                for (name, value) in [
+                    ("cidrs", cidrs),
+                    ("namespaceSelector", namespaces),
+                    ("podSelector", pods),
+                    ("ports", ports),
+                ] {
+                    if let Some(value) = value {
+                        network[name] = value;
+                    }
+                }
+                let mut oauth = oauth();
+                oauth["issuerNetwork"] = network;
+                auth_with(oauth)
+            })
+    }
+
+    /// Access rules, with API keys on or off and OAuth set or not.
+    fn access() -> impl Strategy<Value = Edit> {
+        (
+            any::<bool>(),
+            any::<bool>(),
+            prop::collection::vec(
+                select(vec![
+                    json!({"apiKeyCaller": "ci-release"}),
+                    json!({"apiKeyCaller": "ci/release"}),
+                    json!({"apiKeyCaller": "k".repeat(254)}),
+                    json!({"tokenSubject": "alice"}),
+                    json!({"tokenSubject": "a\u{9f}"}),
+                    json!({"group": "Ops Team é"}),
+                    json!({"group": ""}),
+                    json!({"scope": "github.read"}),
+                    json!({"scope": "a b"}),
+                    json!({}),
+                    json!({"group": "ops", "scope": "x"}),
+                ]),
+                1..=2,
+            ),
+            select(vec![
+                "*",
+                "github_*",
+                "a.b-c",
+                "github get",
+                "github/*",
+                "é",
+                "",
+            ]),
+        )
+            .prop_map(|(api_keys, with_oauth, subjects, tool)| {
+                let mut auth = json!({"apiKeys": api_keys});
+                if with_oauth {
+                    auth["oauth"] = oauth();
+                }
+                vec![
+                    ("/spec/auth", auth),
+                    (
+                        "/spec/access",
+                        json!([{"subjects": subjects, "tools": ["github_get_*", tool]}]),
+                    ),
+                ]
+            })
+    }
+
     /// One field edit near an edge.
     fn edit() -> impl Strategy<Value = Edit> {
         prop_oneof![
@@ -827,6 +1038,10 @@ mod generated {
             1 => rate_limits(),
             2 => selector(),
             1 => enums(),
+            2 => oauth_urls(),
+            2 => oauth_values(),
+            2 => issuer_network(),
+            2 => access(),
         ]
     }
 
