@@ -13,6 +13,8 @@
 # without them both are built with cargo. Either way they are copied to a
 # private directory first, since a shared cargo target directory may be
 # rewritten by another build while the suite runs.
+#
+# Usage: tests/oauth/run.sh [TEST_FILE...]   (default: every *.test.mjs)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -75,7 +77,12 @@ echo "oauth: node $("$node_bin" --version), $(cd "$deps" && "$node_bin" -p \
 export BULKHEAD_SERVER_BIN="$work/bin/bulkhead-server"
 export BULKHEAD_OPERATOR_BIN="$work/bin/bulkhead-operator"
 export BULKHEAD_OAUTH_WORK="$work"
+[ "$#" -gt 0 ] || set -- "$suite_dir"/*.test.mjs
+files=()
+for file in "$@"; do
+  files+=("$work/suite/$(basename "$file")")
+done
 # One test file at a time: each starts its own provider and servers, and the
 # machine running CI may be small.
 "$node_bin" --test --test-concurrency=1 --test-timeout=120000 \
-  --test-reporter=spec "$work"/suite/*.test.mjs
+  --test-reporter=spec "${files[@]}"
