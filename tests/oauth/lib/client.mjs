@@ -7,13 +7,18 @@ import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/
 import { ClientCredentialsProvider } from '@modelcontextprotocol/sdk/client/auth-extensions.js';
 
 /**
- * Connects an SDK client to `url`. With {clientId, clientSecret} the SDK's
- * client-credentials provider does OAuth discovery; with {apiKey} the key
- * is sent as `Authorization: Bearer`. Returns {client, exchanges, close()}:
+ * Connects an SDK client to `url`. With {clientId, clientSecret, scope} the
+ * SDK's client-credentials provider does OAuth discovery; with {apiKey} the
+ * key is sent as `Authorization: Bearer`.
+ *
+ * `scope` is the client's registered scope: for the client credentials
+ * grant the SDK (1.32) requests the scope of the client's own metadata and
+ * not the one the server's challenge or metadata names (it uses those only
+ * for interactive flows), as a machine client registered for a scope does. Returns {client, exchanges, close()}:
  * exchanges are {method, url, status, body} in order (body: form fields of
  * a token request).
  */
-export async function connect(url, { clientId, clientSecret, apiKey } = {}) {
+export async function connect(url, { clientId, clientSecret, scope, apiKey } = {}) {
   const exchanges = [];
   const recordingFetch = async (input, init = {}) => {
     const res = await fetch(input, { ...init, signal: init.signal ?? AbortSignal.timeout(10_000) });
@@ -23,7 +28,7 @@ export async function connect(url, { clientId, clientSecret, apiKey } = {}) {
   };
   const options = { fetch: recordingFetch };
   if (clientId) {
-    options.authProvider = new ClientCredentialsProvider({ clientId, clientSecret });
+    options.authProvider = new ClientCredentialsProvider({ clientId, clientSecret, scope });
   }
   if (apiKey) {
     options.requestInit = { headers: { authorization: `Bearer ${apiKey}` } };
