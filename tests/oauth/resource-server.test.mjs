@@ -110,6 +110,7 @@ async function assertUnauthorized(server, token, { metadataUrl = metadataUrlAlph
   const line = await server.auditFor(res.headers.get('x-request-id'));
   assert.equal(line.tenant, tenantId);
   assert.equal(line.caller ?? null, null, 'a refused token names no caller');
+  assert.equal(line.auth, 'none');
   assert.equal(line.outcome, 'unauthenticated');
   assert.equal(line.http_status, 401);
   return { res, challenge, line };
@@ -279,6 +280,27 @@ describe('signing keys', () => {
 
     const res = await mcpRequest(alpha.url, { token: await tokenFor(AGENT, alpha.url) });
     assert.equal(res.status, 200, 'a valid token still works after the flood');
+  });
+});
+
+describe('readiness', () => {
+  test('a server whose issuer is unreachable is not ready, and the reason names the issuer', async () => {
+    const unreachable = `http://127.0.0.1:${await freePort()}`;
+    const port = await freePort();
+    const server = await startServer({
+      tenant: tenant('delta', { issuer: unreachable, resource: resourceFor(port) }),
+      port,
+      waitReady: false,
+    });
+    try {
+      // Give the server time for a first attempt at the issuer's metadata.
+      await new Promise((resolve) => setTimeout(resolve, 2_000));
+      const res = await fetch(`${server.adminUrl}/readyz`, { signal: AbortSignal.timeout(5_000) });
+      assert.equal(res.status, 503);
+      assert.ok((await res.text()).includes(unreachable), 'the reason names the issuer');
+    } finally {
+      await server.stop();
+    }
   });
 });
 

@@ -66,9 +66,11 @@ export const resourceFor = (port) => `http://127.0.0.1:${port}/mcp`;
  *   authority as Host, and the operator is to add it to the rendered list.
  *   `hostAdded` says whether the test had to.
  *
- * apiKeys: {callerId: hash}. Returns {url, config, audit(), auditFor(requestId), stop()}.
+ * apiKeys: {callerId: hash}. Waits until /readyz answers 200, or with
+ * `waitReady: false` only until the server listens.
+ * Returns {url, adminUrl, config, audit(), auditFor(requestId), stop()}.
  */
-export async function startServer({ tenant, port, apiKeys = {}, privateUpstreams = false }) {
+export async function startServer({ tenant, port, apiKeys = {}, privateUpstreams = false, waitReady = true }) {
   const config = await renderServerConfig(tenant);
   const dir = mkdtempSync(path.join(workRoot, `server-${tenant.metadata.name}-`));
   writeFileSync(path.join(dir, 'keys.yaml'), YAML.stringify(apiKeys));
@@ -125,6 +127,10 @@ export async function startServer({ tenant, port, apiKeys = {}, privateUpstreams
       const text = readFileSync(readyFile, 'utf8');
       if (text) admin = JSON.parse(text).admin;
     }
+    if (admin && !waitReady) {
+      ready = true;
+      break;
+    }
     if (admin) {
       const res = await fetch(`http://${admin}/readyz`).catch(() => null);
       if (res?.status === 200) {
@@ -136,7 +142,7 @@ export async function startServer({ tenant, port, apiKeys = {}, privateUpstreams
   }
   if (!ready) {
     await stop();
-    throw new Error(`bulkhead-server for ${tenant.metadata.name} did not become ready:\n${log()}`);
+    throw new Error(`bulkhead-server for ${tenant.metadata.name} did not ${waitReady ? 'become ready' : 'listen'}:\n${log()}`);
   }
 
   const audit = () =>
@@ -146,6 +152,7 @@ export async function startServer({ tenant, port, apiKeys = {}, privateUpstreams
       .map((line) => JSON.parse(line));
   return {
     url: resourceFor(port),
+    adminUrl: `http://${admin}`,
     config,
     hostAdded,
     log,
