@@ -137,6 +137,21 @@ fn default_true() -> bool {
     true
 }
 
+/// The `Host` header values a client sends when it reaches the resource
+/// `resource` (an `http` or `https` URL): its host, and host:port with the
+/// URL's port or the scheme's default (RFC 9110 section 7.2). The host is
+/// as the URL Standard writes it (lower case; IPv6 in brackets). Empty for
+/// a URL that does not parse or has no host.
+pub fn resource_hosts(resource: &str) -> Vec<String> {
+    let Ok(url) = url::Url::parse(resource) else {
+        return Vec::new();
+    };
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return Vec::new();
+    };
+    vec![host.to_owned(), format!("{host}:{port}")]
+}
+
 /// Default caller claim: `sub` (RFC 9068 section 2.2).
 pub fn default_caller_claim() -> String {
     "sub".to_owned()
@@ -262,4 +277,26 @@ impl Default for TransportLimits {
 
 fn default_credential_ttl_seconds() -> u64 {
     60
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resource_hosts;
+
+    #[test]
+    fn resource_hosts_carry_the_port_a_client_may_send() {
+        assert_eq!(
+            resource_hosts("https://MCP.example.com/acme/mcp"),
+            ["mcp.example.com", "mcp.example.com:443"]
+        );
+        assert_eq!(
+            resource_hosts("https://mcp.example.com:8443/mcp?x=1"),
+            ["mcp.example.com", "mcp.example.com:8443"]
+        );
+        assert_eq!(
+            resource_hosts("http://[::1]:8080/mcp"),
+            ["[::1]", "[::1]:8080"]
+        );
+        assert!(resource_hosts("not a url").is_empty());
+    }
 }

@@ -35,10 +35,22 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [{
-    "rule": "!has(self.connectors) || self.connectors.all(c, !has(c.credential) || (has(self.credentials) && self.credentials.exists(k, k.name == c.credential)))",
-    "message": "every connector's credential must be declared in spec.credentials"
-}]))]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!has(self.connectors) || self.connectors.all(c, !has(c.credential) || (has(self.credentials) && self.credentials.exists(k, k.name == c.credential)))",
+        "message": "every connector's credential must be declared in spec.credentials"
+    },
+    {
+        "rule": "!has(self.access) || (has(self.auth) && has(self.auth.oauth)) || self.access.all(r, r.subjects.all(s, !has(s.tokenSubject) && !has(s.group) && !has(s.scope)))",
+        "message": "tokenSubject, group and scope subjects need spec.auth.oauth: without it no caller has a token",
+        "fieldPath": ".access"
+    },
+    {
+        "rule": "!has(self.access) || !has(self.auth) || !has(self.auth.apiKeys) || self.auth.apiKeys || self.access.all(r, r.subjects.all(s, !has(s.apiKeyCaller)))",
+        "message": "apiKeyCaller subjects need spec.auth.apiKeys: true: without it no caller has an API key",
+        "fieldPath": ".access"
+    }
+]))]
 pub struct TenantSpec {
     /// Human-readable name of the tenant (no control characters).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -232,10 +244,49 @@ pub struct NetworkSpec {
 /// enum (the code refuses any other). On the items, a refusal names the
 /// selector (`spec.network.ingressFrom[1]`) as the code validation does.
 fn namespace_selector_rule(schema: &mut schemars::Schema) {
-    let Some(items) = schema.get_mut("items").and_then(|i| i.as_object_mut()) else {
-        return;
-    };
-    if let Some(expressions) = items
+    if let Some(items) = schema.get_mut("items").and_then(|i| i.as_object_mut()) {
+        selector_rules(items, true);
+    }
+}
+
+/// The rules of `ingressFrom` (see [`namespace_selector_rule`]) on
+/// `spec.auth.oauth.issuerNetwork.namespaceSelector`.
+fn issuer_namespace_selector_rule(schema: &mut schemars::Schema) {
+    if let Some(selector) = selector_object(schema) {
+        selector_rules(selector, true);
+    }
+}
+
+/// Kubernetes' rules for a label selector's requirements, and the bound on
+/// their number, on `spec.auth.oauth.issuerNetwork.podSelector`; an empty
+/// pod selector (every pod of the selected namespaces) is allowed.
+fn issuer_pod_selector_rule(schema: &mut schemars::Schema) {
+    if let Some(selector) = selector_object(schema) {
+        selector_rules(selector, false);
+    }
+}
+
+/// The object schema of an optional selector: the node itself when it
+/// carries the properties inline, or its non-null `anyOf` branch.
+fn selector_object(
+    schema: &mut schemars::Schema,
+) -> Option<&mut serde_json::Map<String, serde_json::Value>> {
+    let node = schema.as_object_mut()?;
+    if node.contains_key("properties") {
+        return Some(node);
+    }
+    node.get_mut("anyOf")?
+        .as_array_mut()?
+        .iter_mut()
+        .filter_map(|branch| branch.as_object_mut())
+        .find(|branch| branch.contains_key("properties"))
+}
+
+/// Puts the bound on `matchExpressions`, Kubernetes' rules for each
+/// requirement and the operator enum on one selector's schema, and when
+/// `must_name` is set the rule that it names namespaces.
+fn selector_rules(selector: &mut serde_json::Map<String, serde_json::Value>, must_name: bool) {
+    if let Some(expressions) = selector
         .get_mut("properties")
         .and_then(|p| p.get_mut("matchExpressions"))
         .and_then(|e| e.as_object_mut())
@@ -273,13 +324,15 @@ fn namespace_selector_rule(schema: &mut schemars::Schema) {
             }
         }
     }
-    items.insert(
-        "x-kubernetes-validations".to_owned(),
-        serde_json::json!([{
-            "rule": "(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && self.matchExpressions.exists(e, e.operator == 'In'))",
-            "message": "a namespace selector must name namespaces with matchLabels or an In expression: an empty selector would admit every namespace, and NotIn, Exists or DoesNotExist alone admit almost every one"
-        }]),
-    );
+    if must_name {
+        selector.insert(
+            "x-kubernetes-validations".to_owned(),
+            serde_json::json!([{
+                "rule": "(has(self.matchLabels) && size(self.matchLabels) > 0) || (has(self.matchExpressions) && self.matchExpressions.exists(e, e.operator == 'In'))",
+                "message": "a namespace selector must name namespaces with matchLabels or an In expression: an empty selector would admit every namespace, and NotIn, Exists or DoesNotExist alone admit almost every one"
+            }]),
+        );
+    }
 }
 
 /// Reads an optional quantity as the schema types it
@@ -421,9 +474,14 @@ pub struct ToolRateLimit {
     pub burst: u32,
 }
 
-/// How callers authenticate to the tenant's server.
+/// How callers authenticate to the tenant's server. At least one way must
+/// be on.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.apiKeys) || self.apiKeys || has(self.oauth)",
+    "message": "apiKeys false needs oauth: with neither, no caller can authenticate"
+}]))]
 pub struct AuthSpec {
     /// Accept Bulkhead API keys (the hashed keys in the tenant's
     /// `bulkhead-api-keys` Secret). Default true.
@@ -459,26 +517,55 @@ pub struct OAuthSpec {
     /// URL without query or fragment, or http on a loopback host for tests.
     /// Its metadata is read from `/.well-known/oauth-authorization-server`
     /// or `/.well-known/openid-configuration` under this URL.
+    #[schemars(
+        length(max = 2048),
+        regex(
+            pattern = r"^(https://[^/?#@\s\x00-\x1f\x7f-\x9f\p{Z}]+|http://(localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[::1\])(:[0-9]{1,5})?)(/[^?#\s\x00-\x1f\x7f-\x9f\p{Z}]*)?$"
+        )
+    )]
     pub issuer: String,
     /// The server's resource identifier (RFC 8707): the canonical URL
     /// clients use to reach the MCP endpoint from outside, e.g.
     /// `https://mcp.example.com/acme/mcp`. Tokens must carry it in `aud`.
-    /// https without fragment, or http on a loopback host for tests.
+    /// https without user information or fragment, or http on a loopback
+    /// host for tests.
+    #[schemars(
+        length(max = 2048),
+        regex(
+            pattern = r"^(https://[^/?#@\s\x00-\x1f\x7f-\x9f\p{Z}]+|http://(localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[::1\])(:[0-9]{1,5})?)(/[^?#\s\x00-\x1f\x7f-\x9f\p{Z}]*)?(\?[^#\s\x00-\x1f\x7f-\x9f\p{Z}]*)?$"
+        )
+    )]
     pub resource: String,
     /// Scopes every token must carry (RFC 6749 scope tokens). Empty: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(
+        length(max = 16),
+        inner(length(min = 1, max = 256), regex(pattern = r"^[\x21\x23-\x5b\x5d-\x7e]+$")),
+        extend("x-kubernetes-list-type" = "set")
+    )]
     pub required_scopes: Vec<String>,
     /// Claim whose value is the caller id (default `sub`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[^\x00-\x1f\x7f-\x9f]+$")
+    )]
     pub caller_claim: Option<String>,
     /// Claim whose value is a list (or a space-separated string) of the
     /// caller's groups or roles, used by `spec.access` rules (default
     /// `groups`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[^\x00-\x1f\x7f-\x9f]+$")
+    )]
     pub groups_claim: Option<String>,
     /// Claim that must equal the tenant id (`metadata.name`), if set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 128),
+        regex(pattern = r"^[^\x00-\x1f\x7f-\x9f]+$")
+    )]
     pub tenant_claim: Option<String>,
     /// Signing algorithms accepted (asymmetric only; default RS256 and
     /// ES256). `none` and HMAC algorithms are never accepted.
@@ -521,21 +608,50 @@ pub enum SigningAlgorithm {
 
 /// Where the issuer is, for the NetworkPolicy: outside the cluster (CIDRs)
 /// or inside it (a namespace selector). Exactly one of `cidrs` and
-/// `namespaceSelector`.
+/// `namespaceSelector`; `podSelector` only with `namespaceSelector`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "(has(self.cidrs) && size(self.cidrs) > 0) ? !has(self.namespaceSelector) : has(self.namespaceSelector)",
+        "message": "exactly one of cidrs (an issuer outside the cluster) and namespaceSelector (an issuer inside it) must be set"
+    },
+    {
+        "rule": "!has(self.podSelector) || has(self.namespaceSelector)",
+        "message": "podSelector needs namespaceSelector: it selects the issuer's pods within those namespaces",
+        "fieldPath": ".podSelector"
+    }
+]))]
 pub struct IssuerNetwork {
-    /// Destination ranges of the issuer, in canonical CIDR notation.
+    /// Destination ranges of the issuer, in canonical CIDR notation (no
+    /// host bits set), e.g. `203.0.113.10/32`. Private, link-local,
+    /// loopback and cluster ranges inside them stay closed unless named
+    /// exactly, as for `spec.network.egress.cidrs`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16), inner(length(max = 49)), extend("x-kubernetes-list-type" = "set"))]
+    #[schemars(
+        length(max = 16),
+        inner(length(max = 49)),
+        extend(
+            "x-kubernetes-list-type" = "set",
+            "x-kubernetes-validations" = [{
+                "rule": "self.all(c, isCIDR(c) && cidr(c) == cidr(c).masked())",
+                "message": "each entry must be an IPv4 or IPv6 range in canonical CIDR notation (no host bits set), e.g. 203.0.113.10/32"
+            }]
+        )
+    )]
     pub cidrs: Vec<String>,
     /// Namespaces of an in-cluster issuer (by `kubernetes.io/metadata.name`
     /// preferably); its addresses are private, which the server then allows
-    /// for the issuer only (cloud metadata addresses never).
+    /// for the issuer only (cloud metadata addresses never). It must name
+    /// namespaces with matchLabels or an `In` expression, as each
+    /// `spec.network.ingressFrom` selector must.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = issuer_namespace_selector_rule)]
     pub namespace_selector: Option<LabelSelector>,
-    /// Pods of an in-cluster issuer within those namespaces.
+    /// Pods of an in-cluster issuer within those namespaces (all of their
+    /// pods when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = issuer_pod_selector_rule)]
     pub pod_selector: Option<LabelSelector>,
     /// Destination TCP ports (default 443).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -552,26 +668,51 @@ pub struct AccessRule {
     #[schemars(length(min = 1, max = 32))]
     pub subjects: Vec<AccessSubject>,
     /// Tool names, or patterns where `*` matches any run of characters
-    /// (`github_*`, `*`).
-    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 128)))]
+    /// (`github_*`, `*`): the characters of MCP tool names (ASCII letters,
+    /// digits, '_', '-' and '.'; MCP specification 2025-11-25, "Tool
+    /// names") and `*`.
+    #[schemars(
+        length(min = 1, max = 64),
+        inner(length(min = 1, max = 128), regex(pattern = r"^[-_.*A-Za-z0-9]+$"))
+    )]
     pub tools: Vec<String>,
 }
 
 /// One kind of caller; exactly one field is set.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "(has(self.apiKeyCaller) ? 1 : 0) + (has(self.tokenSubject) ? 1 : 0) + (has(self.group) ? 1 : 0) + (has(self.scope) ? 1 : 0) == 1",
+    "message": "exactly one of apiKeyCaller, tokenSubject, group and scope must be set"
+}]))]
 pub struct AccessSubject {
-    /// An API-key caller id (a data key of `bulkhead-api-keys`).
+    /// An API-key caller id (a data key of `bulkhead-api-keys`: letters,
+    /// digits, '-', '_' and '.'). Needs `spec.auth.apiKeys`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub api_key_caller: Option<String>,
     /// A token caller: the value of the caller claim (`sub` by default).
+    /// Needs `spec.auth.oauth`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[^\x00-\x1f\x7f-\x9f]+$")
+    )]
     pub token_subject: Option<String>,
-    /// A group or role in the token's groups claim.
+    /// A group or role in the token's groups claim. Needs `spec.auth.oauth`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[^\x00-\x1f\x7f-\x9f]+$")
+    )]
     pub group: Option<String>,
-    /// A scope the token carries.
+    /// A scope the token carries (an RFC 6749 scope token). Needs
+    /// `spec.auth.oauth`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 256),
+        regex(pattern = r"^[\x21\x23-\x5b\x5d-\x7e]+$")
+    )]
     pub scope: Option<String>,
 }
 

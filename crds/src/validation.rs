@@ -4,7 +4,10 @@
 //! This module is the one rulebook for a Tenant's fields. The rules for
 //! single fields ([`check_base_url`], [`check_allow_method`],
 //! [`check_allow_path`], [`check_rate_limit`], [`check_tool_name`],
-//! [`is_ref_name`], [`is_secret_key`], [`is_dns_label`]) are public because
+//! [`is_ref_name`], [`is_secret_key`], [`is_dns_label`]) and of the
+//! authentication and access sections ([`check_oauth`],
+//! [`check_auth_and_access`] and the single-value rules they use) are
+//! public because
 //! the server's configuration loader applies them too: whatever `render` and
 //! the operator accept, the server starts with, and what the server would
 //! refuse never reaches a cluster.
@@ -21,8 +24,13 @@ use std::fmt;
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
 use crate::cidr::Cidr;
-use crate::tenant::{Connector, ConnectorType, RateLimit, Tenant};
+use crate::tenant::{
+    AccessRule, AccessSubject, Connector, ConnectorType, IssuerNetwork, RateLimit,
+    SigningAlgorithm, Tenant,
+};
 
 /// Longest namespace name Kubernetes accepts (a DNS-1123 label).
 pub const MAX_NAMESPACE_LEN: usize = 63;
@@ -46,6 +54,19 @@ pub const MAX_REQUESTS_PER_MINUTE: u32 = 1_000_000;
 pub const MAX_BURST: u32 = 100_000;
 /// Longest tool name of a per-tool rate limit.
 pub const MAX_TOOL_NAME_LEN: usize = 128;
+/// Longest issuer or resource URL.
+pub const MAX_OAUTH_URL_LEN: usize = 2048;
+/// Longest scope token (required scope or `scope` subject).
+pub const MAX_SCOPE_LEN: usize = 256;
+/// Longest claim name (`callerClaim`, `groupsClaim`, `tenantClaim`).
+pub const MAX_CLAIM_NAME_LEN: usize = 128;
+/// Longest `tokenSubject` or `group` value of an access subject.
+pub const MAX_SUBJECT_LEN: usize = 256;
+/// Longest tool name or pattern of an access rule (MCP specification
+/// 2025-11-25, "Tool names": 1 to 128 characters).
+pub const MAX_TOOL_PATTERN_LEN: usize = 128;
+/// Largest clock skew allowed for `exp` and `nbf`, in seconds.
+pub const MAX_CLOCK_SKEW_SECONDS: u32 = 300;
 /// Largest number of entries of each list in the spec, as the schema's
 /// `maxItems` states them. Bounded lists keep the CEL rules' cost within
 /// the API server's budget.
@@ -59,6 +80,21 @@ pub const MAX_ITEMS: &[(&str, usize)] = &[
     ("spec.network.egress.cidrs", 64),
     ("spec.network.egress.ports", 32),
     ("spec.rateLimits.perTool", 64),
+    ("spec.auth.oauth.requiredScopes", 16),
+    ("spec.auth.oauth.algorithms", 9),
+    ("spec.auth.oauth.issuerNetwork.cidrs", 16),
+    ("spec.auth.oauth.issuerNetwork.ports", 8),
+    (
+        "spec.auth.oauth.issuerNetwork.namespaceSelector.matchExpressions",
+        16,
+    ),
+    (
+        "spec.auth.oauth.issuerNetwork.podSelector.matchExpressions",
+        16,
+    ),
+    ("spec.access", 64),
+    ("spec.access[].subjects", 32),
+    ("spec.access[].tools", 64),
 ];
 /// HTTP methods an `http` connector's allow-list may name.
 pub const ALLOWED_METHODS: &[&str] = &["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"];
@@ -333,70 +369,24 @@ fn validate_spec(tenant: &Tenant, errors: &mut Errors) {
     }
 
     for (i, selector) in spec.network.ingress_from.iter().enumerate() {
-        check_len(
-            &format!("spec.network.ingressFrom[{i}].matchExpressions"),
+        validate_selector(
+            &format!("spec.network.ingressFrom[{i}]"),
             "spec.network.ingressFrom[].matchExpressions",
-            selector.match_expressions.as_ref().map_or(0, Vec::len),
+            selector,
+            true,
             errors,
         );
-        let has_labels = selector
-            .match_labels
-            .as_ref()
-            .is_some_and(|l| !l.is_empty());
-        let has_in = selector
-            .match_expressions
-            .iter()
-            .flatten()
-            .any(|requirement| requirement.operator == "In");
-        if !has_labels && !has_in {
-            errors.add(
-                format!("spec.network.ingressFrom[{i}]"),
-                "a namespace selector must name namespaces with matchLabels or an In expression: an empty selector would admit every namespace, and NotIn, Exists or DoesNotExist alone admit almost every one",
-            );
-        }
-        // The API server checks these when the NetworkPolicy is applied; here
-        // they are refused before anything is built.
-        for (j, requirement) in selector.match_expressions.iter().flatten().enumerate() {
-            let field = format!("spec.network.ingressFrom[{i}].matchExpressions[{j}]");
-            let has_values = requirement.values.as_ref().is_some_and(|v| !v.is_empty());
-            match requirement.operator.as_str() {
-                "In" | "NotIn" if !has_values => errors.add(
-                    format!("{field}.values"),
-                    "must not be empty for In and NotIn",
-                ),
-                "Exists" | "DoesNotExist" if has_values => errors.add(
-                    format!("{field}.values"),
-                    "must be empty for Exists and DoesNotExist",
-                ),
-                "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
-                other => errors.add(
-                    format!("{field}.operator"),
-                    format!("{other:?} is not one of In, NotIn, Exists, DoesNotExist"),
-                ),
-            }
-        }
     }
-    let mut cidrs = BTreeSet::new();
-    for (i, cidr) in spec.network.egress.cidrs.iter().enumerate() {
-        let field = format!("spec.network.egress.cidrs[{i}]");
-        match cidr.parse::<Cidr>() {
-            Ok(parsed) => {
-                if !cidrs.insert(parsed) {
-                    errors.add(field, format!("{cidr} is listed more than once"));
-                }
-            }
-            Err(e) => errors.add(field, e.to_string()),
-        }
-    }
-    let mut ports = BTreeSet::new();
-    for (i, port) in spec.network.egress.ports.iter().enumerate() {
-        let field = format!("spec.network.egress.ports[{i}]");
-        if !(1..=65535).contains(port) {
-            errors.add(field, format!("{port} is not a TCP port (1-65535)"));
-        } else if !ports.insert(*port) {
-            errors.add(field, format!("port {port} is listed more than once"));
-        }
-    }
+    validate_cidrs(
+        "spec.network.egress.cidrs",
+        &spec.network.egress.cidrs,
+        errors,
+    );
+    validate_ports(
+        "spec.network.egress.ports",
+        &spec.network.egress.ports,
+        errors,
+    );
 
     let quota = &spec.quota;
     for (name, value) in [("cpu", &quota.cpu), ("memory", &quota.memory)] {
@@ -449,6 +439,542 @@ fn validate_spec(tenant: &Tenant, errors: &mut Errors) {
             errors,
         );
     }
+
+    if let Some(oauth) = &spec.auth.oauth {
+        let fields = OAuthFields {
+            issuer: &oauth.issuer,
+            resource: &oauth.resource,
+            required_scopes: &oauth.required_scopes,
+            caller_claim: oauth.caller_claim.as_deref(),
+            groups_claim: oauth.groups_claim.as_deref(),
+            tenant_claim: oauth.tenant_claim.as_deref(),
+            algorithms: &oauth.algorithms,
+            clock_skew_seconds: oauth.clock_skew_seconds,
+        };
+        for (field, reason) in check_oauth(&fields) {
+            errors.add(format!("spec.auth.oauth.{field}"), reason);
+        }
+        validate_issuer_network(&oauth.issuer_network, errors);
+    }
+    for (field, reason) in
+        check_auth_and_access(spec.auth.api_keys, spec.auth.oauth.is_some(), &spec.access)
+    {
+        errors.add(format!("spec.{field}"), reason);
+    }
+}
+
+/// Canonical CIDRs, each listed once (a `set` list in the schema).
+fn validate_cidrs(field: &str, cidrs: &[String], errors: &mut Errors) {
+    let mut seen = BTreeSet::new();
+    for (i, cidr) in cidrs.iter().enumerate() {
+        let field = format!("{field}[{i}]");
+        match cidr.parse::<Cidr>() {
+            Ok(parsed) => {
+                if !seen.insert(parsed) {
+                    errors.add(field, format!("{cidr} is listed more than once"));
+                }
+            }
+            Err(e) => errors.add(field, e.to_string()),
+        }
+    }
+}
+
+/// TCP ports, each listed once (a `set` list in the schema).
+fn validate_ports(field: &str, ports: &[i32], errors: &mut Errors) {
+    let mut seen = BTreeSet::new();
+    for (i, port) in ports.iter().enumerate() {
+        let field = format!("{field}[{i}]");
+        if !(1..=65535).contains(port) {
+            errors.add(field, format!("{port} is not a TCP port (1-65535)"));
+        } else if !seen.insert(*port) {
+            errors.add(field, format!("port {port} is listed more than once"));
+        }
+    }
+}
+
+/// A label selector the NetworkPolicy will carry: at most 16 expressions,
+/// each valid for its operator (apimachinery
+/// `ValidateLabelSelectorRequirement`), and when `must_name` is set, one
+/// that names namespaces (matchLabels or an `In` expression).
+fn validate_selector(
+    field: &str,
+    schema_path: &str,
+    selector: &LabelSelector,
+    must_name: bool,
+    errors: &mut Errors,
+) {
+    check_len(
+        &format!("{field}.matchExpressions"),
+        schema_path,
+        selector.match_expressions.as_ref().map_or(0, Vec::len),
+        errors,
+    );
+    let has_labels = selector
+        .match_labels
+        .as_ref()
+        .is_some_and(|l| !l.is_empty());
+    let has_in = selector
+        .match_expressions
+        .iter()
+        .flatten()
+        .any(|requirement| requirement.operator == "In");
+    if must_name && !has_labels && !has_in {
+        errors.add(
+            field,
+            "a namespace selector must name namespaces with matchLabels or an In expression: an empty selector would admit every namespace, and NotIn, Exists or DoesNotExist alone admit almost every one",
+        );
+    }
+    // The API server checks these when the NetworkPolicy is applied; here
+    // they are refused before anything is built.
+    for (j, requirement) in selector.match_expressions.iter().flatten().enumerate() {
+        let field = format!("{field}.matchExpressions[{j}]");
+        let has_values = requirement.values.as_ref().is_some_and(|v| !v.is_empty());
+        match requirement.operator.as_str() {
+            "In" | "NotIn" if !has_values => errors.add(
+                format!("{field}.values"),
+                "must not be empty for In and NotIn",
+            ),
+            "Exists" | "DoesNotExist" if has_values => errors.add(
+                format!("{field}.values"),
+                "must be empty for Exists and DoesNotExist",
+            ),
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            other => errors.add(
+                format!("{field}.operator"),
+                format!("{other:?} is not one of In, NotIn, Exists, DoesNotExist"),
+            ),
+        }
+    }
+}
+
+/// Where the issuer is: exactly one of `cidrs` and `namespaceSelector`,
+/// `podSelector` only with `namespaceSelector`; the CIDRs, ports and
+/// selectors under the rules of `spec.network`.
+fn validate_issuer_network(network: &IssuerNetwork, errors: &mut Errors) {
+    const FIELD: &str = "spec.auth.oauth.issuerNetwork";
+    for (name, len) in [
+        ("cidrs", network.cidrs.len()),
+        ("ports", network.ports.len()),
+    ] {
+        let path = format!("{FIELD}.{name}");
+        check_len(&path, &path, len, errors);
+    }
+    if network.cidrs.is_empty() == network.namespace_selector.is_none() {
+        errors.add(
+            FIELD,
+            "exactly one of cidrs (an issuer outside the cluster) and namespaceSelector (an issuer inside it) must be set",
+        );
+    }
+    if network.pod_selector.is_some() && network.namespace_selector.is_none() {
+        errors.add(
+            format!("{FIELD}.podSelector"),
+            "podSelector needs namespaceSelector: it selects the issuer's pods within those namespaces",
+        );
+    }
+    validate_cidrs(&format!("{FIELD}.cidrs"), &network.cidrs, errors);
+    validate_ports(&format!("{FIELD}.ports"), &network.ports, errors);
+    for (name, selector, must_name) in [
+        ("namespaceSelector", &network.namespace_selector, true),
+        ("podSelector", &network.pod_selector, false),
+    ] {
+        if let Some(selector) = selector {
+            let field = format!("{FIELD}.{name}");
+            validate_selector(
+                &field,
+                &format!("{field}.matchExpressions"),
+                selector,
+                must_name,
+                errors,
+            );
+        }
+    }
+}
+
+/// The OAuth settings that both `spec.auth.oauth` and the server
+/// configuration's `auth.oauth` carry, borrowed for [`check_oauth`].
+/// Claims and the clock skew are `None` where the Tenant leaves the
+/// default.
+#[derive(Clone, Copy, Debug)]
+pub struct OAuthFields<'a> {
+    /// Issuer identifier (RFC 8414).
+    pub issuer: &'a str,
+    /// Resource identifier (RFC 8707).
+    pub resource: &'a str,
+    /// Scopes every token must carry.
+    pub required_scopes: &'a [String],
+    /// Claim naming the caller.
+    pub caller_claim: Option<&'a str>,
+    /// Claim listing the caller's groups.
+    pub groups_claim: Option<&'a str>,
+    /// Claim that must equal the tenant id.
+    pub tenant_claim: Option<&'a str>,
+    /// Accepted signing algorithms.
+    pub algorithms: &'a [SigningAlgorithm],
+    /// Allowed clock skew, in seconds.
+    pub clock_skew_seconds: Option<u32>,
+}
+
+/// The problems of the OAuth settings, each with its field relative to the
+/// `oauth` object (`issuer`, `requiredScopes[1]`, ...): the issuer by
+/// [`check_issuer_url`], the resource by [`check_resource_url`], scope
+/// tokens by [`check_scope_token`] and each listed once, claim names by
+/// [`check_claim_name`], algorithms each listed once (the type admits only
+/// asymmetric ones), a clock skew of at most [`MAX_CLOCK_SKEW_SECONDS`],
+/// and the list bounds of [`MAX_ITEMS`].
+pub fn check_oauth(oauth: &OAuthFields<'_>) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    if let Err(reason) = check_issuer_url(oauth.issuer) {
+        problems.push(("issuer".to_owned(), format!("{:?} {reason}", oauth.issuer)));
+    }
+    if let Err(reason) = check_resource_url(oauth.resource) {
+        problems.push((
+            "resource".to_owned(),
+            format!("{:?} {reason}", oauth.resource),
+        ));
+    }
+    for (name, len) in [
+        ("requiredScopes", oauth.required_scopes.len()),
+        ("algorithms", oauth.algorithms.len()),
+    ] {
+        let max = max_items(&format!("spec.auth.oauth.{name}"));
+        if len > max {
+            problems.push((
+                name.to_owned(),
+                format!("has {len} entries, at most {max} are allowed"),
+            ));
+        }
+    }
+    let mut scopes = BTreeSet::new();
+    for (i, scope) in oauth.required_scopes.iter().enumerate() {
+        let field = format!("requiredScopes[{i}]");
+        if let Err(reason) = check_scope_token(scope) {
+            problems.push((field, format!("{scope:?} {reason}")));
+        } else if !scopes.insert(scope.as_str()) {
+            problems.push((field, format!("scope {scope:?} is listed more than once")));
+        }
+    }
+    for (name, claim) in [
+        ("callerClaim", oauth.caller_claim),
+        ("groupsClaim", oauth.groups_claim),
+        ("tenantClaim", oauth.tenant_claim),
+    ] {
+        if let Some(claim) = claim
+            && let Err(reason) = check_claim_name(claim)
+        {
+            problems.push((name.to_owned(), format!("{claim:?} {reason}")));
+        }
+    }
+    let mut algorithms = BTreeSet::new();
+    for (i, algorithm) in oauth.algorithms.iter().enumerate() {
+        if !algorithms.insert(format!("{algorithm:?}")) {
+            problems.push((
+                format!("algorithms[{i}]"),
+                format!("{algorithm:?} is listed more than once"),
+            ));
+        }
+    }
+    if let Some(skew) = oauth.clock_skew_seconds
+        && skew > MAX_CLOCK_SKEW_SECONDS
+    {
+        problems.push((
+            "clockSkewSeconds".to_owned(),
+            format!("{skew} is more than {MAX_CLOCK_SKEW_SECONDS} seconds"),
+        ));
+    }
+    problems
+}
+
+/// True for a host a test issuer or resource may use over plain http: the
+/// literal `localhost`, an IPv4 address in 127.0.0.0/8 written as four
+/// decimal parts, or `[::1]`, with an optional port of 1 to 5 digits.
+fn is_loopback_authority(authority: &str) -> bool {
+    let (host, port) = match authority.strip_prefix("[::1]") {
+        Some(rest) => ("[::1]", rest),
+        None => authority.split_at(authority.find(':').unwrap_or(authority.len())),
+    };
+    let port_ok = port.is_empty()
+        || port.strip_prefix(':').is_some_and(|digits| {
+            (1..=5).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())
+        });
+    let decimal_part =
+        |p: &str| (1..=3).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_digit());
+    let host_ok = host == "localhost"
+        || host == "[::1]"
+        || host.strip_prefix("127.").is_some_and(|rest| {
+            let parts: Vec<&str> = rest.split('.').collect();
+            parts.len() == 3 && parts.iter().all(|p| decimal_part(p))
+        });
+    host_ok && port_ok
+}
+
+/// An issuer or resource URL: https (http on a loopback host only), a host
+/// that parses as a URL host, no user information or fragment, a query only
+/// when `query_allowed`, at most [`MAX_OAUTH_URL_LEN`] characters and no
+/// whitespace or control characters.
+fn check_oauth_url(url: &str, query_allowed: bool) -> Result<(), &'static str> {
+    if url.chars().count() > MAX_OAUTH_URL_LEN
+        || url.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err("must be at most 2048 characters without spaces");
+    }
+    let (rest, https) = match url.strip_prefix("https://") {
+        Some(rest) => (rest, true),
+        None => (
+            url.strip_prefix("http://")
+                .ok_or("must start with https:// (or http:// on a loopback host)")?,
+            false,
+        ),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.is_empty() {
+        return Err("has no host");
+    }
+    if authority.contains('@') {
+        return Err("must not carry user information");
+    }
+    if rest.contains('#') {
+        return Err("must not carry a fragment");
+    }
+    if !query_allowed && rest.contains('?') {
+        return Err("must not carry a query");
+    }
+    if !https && !is_loopback_authority(authority) {
+        return Err(
+            "must use https; http only on a loopback host (localhost, 127.x.y.z or [::1]) for tests",
+        );
+    }
+    match url::Url::parse(url) {
+        Ok(parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => Ok(()),
+        Ok(_) => Err("has no host"),
+        Err(_) => Err("is not a valid URL: check the host name and the port (1-65535)"),
+    }
+}
+
+/// An issuer identifier (RFC 8414 section 2: "a URL that uses the https
+/// scheme and has no query or fragment components"): https, or http on a
+/// loopback host (`localhost`, `127.x.y.z`, `[::1]`) for tests; no user
+/// information, query or fragment; at most [`MAX_OAUTH_URL_LEN`]
+/// characters without whitespace or control characters.
+///
+/// # Errors
+/// The reason, to follow the quoted URL in a message.
+pub fn check_issuer_url(url: &str) -> Result<(), &'static str> {
+    check_oauth_url(url, false)
+}
+
+/// A resource identifier (RFC 8707 section 2: an absolute URI that "MUST
+/// NOT include a fragment component"): https, or http on a loopback host for
+/// tests; no user information or fragment; at most [`MAX_OAUTH_URL_LEN`]
+/// characters without whitespace or control characters.
+///
+/// # Errors
+/// The reason, to follow the quoted URL in a message.
+pub fn check_resource_url(url: &str) -> Result<(), &'static str> {
+    check_oauth_url(url, true)
+}
+
+/// A scope token (RFC 6749 section 3.3: `%x21 / %x23-5B / %x5D-7E`, so
+/// printable ASCII without space, `"` and `\`), 1 to [`MAX_SCOPE_LEN`]
+/// characters.
+///
+/// # Errors
+/// The reason, to follow the quoted scope in a message.
+pub fn check_scope_token(scope: &str) -> Result<(), &'static str> {
+    if scope.is_empty() || scope.len() > MAX_SCOPE_LEN {
+        return Err("must be 1 to 256 characters");
+    }
+    if scope
+        .bytes()
+        .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b))
+    {
+        Ok(())
+    } else {
+        Err("is not an RFC 6749 scope token (printable ASCII without spaces, '\"' and '\\')")
+    }
+}
+
+/// A JWT claim name: 1 to [`MAX_CLAIM_NAME_LEN`] characters without control
+/// characters (RFC 7519 section 4 allows any string; the bound keeps logs
+/// and configuration readable).
+///
+/// # Errors
+/// The reason, to follow the quoted name in a message.
+pub fn check_claim_name(claim: &str) -> Result<(), &'static str> {
+    bounded_text(claim, MAX_CLAIM_NAME_LEN)
+        .map_err(|()| "must be a claim name of 1 to 128 characters without control characters")
+}
+
+fn bounded_text(value: &str, max: usize) -> Result<(), ()> {
+    let len = value.chars().count();
+    if (1..=max).contains(&len) && !value.chars().any(char::is_control) {
+        Ok(())
+    } else {
+        Err(())
+    }
+}
+
+/// A tool name or pattern of an access rule: 1 to [`MAX_TOOL_PATTERN_LEN`]
+/// characters of MCP tool names (ASCII letters, digits, `_`, `-` and `.`;
+/// MCP specification 2025-11-25, "Tool names") and `*`, which matches any
+/// run of characters.
+///
+/// # Errors
+/// The reason, to follow the quoted pattern in a message.
+pub fn check_tool_pattern(pattern: &str) -> Result<(), &'static str> {
+    if !pattern.is_empty()
+        && pattern.len() <= MAX_TOOL_PATTERN_LEN
+        && pattern
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'*'))
+    {
+        Ok(())
+    } else {
+        Err(
+            "must be a tool name or pattern of 1 to 128 ASCII letters, digits, '_', '-', '.' and '*'",
+        )
+    }
+}
+
+/// The problems of one access subject, each with its field relative to the
+/// subject (`""` for the subject itself): exactly one field set; an
+/// `apiKeyCaller` a Secret key ([`is_secret_key`], as caller ids are); a
+/// `tokenSubject` or `group` of 1 to [`MAX_SUBJECT_LEN`] characters without
+/// control characters; a `scope` a scope token ([`check_scope_token`]).
+pub fn check_access_subject(subject: &AccessSubject) -> Vec<(&'static str, String)> {
+    let mut problems = Vec::new();
+    let set = [
+        subject.api_key_caller.is_some(),
+        subject.token_subject.is_some(),
+        subject.group.is_some(),
+        subject.scope.is_some(),
+    ]
+    .into_iter()
+    .filter(|set| *set)
+    .count();
+    if set != 1 {
+        problems.push((
+            "",
+            "exactly one of apiKeyCaller, tokenSubject, group and scope must be set".to_owned(),
+        ));
+    }
+    if let Some(caller) = &subject.api_key_caller
+        && !is_secret_key(caller)
+    {
+        problems.push((
+            "apiKeyCaller",
+            format!(
+                "{caller:?} is not an API-key caller id (a key of the API-key Secret: letters, digits, '-', '_' and '.', at most 253 characters)"
+            ),
+        ));
+    }
+    for (name, value) in [
+        ("tokenSubject", &subject.token_subject),
+        ("group", &subject.group),
+    ] {
+        if let Some(value) = value
+            && bounded_text(value, MAX_SUBJECT_LEN).is_err()
+        {
+            problems.push((
+                name,
+                format!("{value:?} must be 1 to 256 characters without control characters"),
+            ));
+        }
+    }
+    if let Some(scope) = &subject.scope
+        && let Err(reason) = check_scope_token(scope)
+    {
+        problems.push(("scope", format!("{scope:?} {reason}")));
+    }
+    problems
+}
+
+/// The problems of the authentication methods and the access rules
+/// together, each with its field relative to the spec (`auth`,
+/// `access[0].subjects[1].tokenSubject`, ...): at least one way to
+/// authenticate (`api_keys` or `oauth`); every rule within the list bounds
+/// of [`MAX_ITEMS`], its subjects by [`check_access_subject`] and its tools
+/// by [`check_tool_pattern`]; an `apiKeyCaller` subject only with API keys
+/// on and `tokenSubject`, `group` and `scope` subjects only with OAuth, as
+/// no caller could ever match them otherwise.
+pub fn check_auth_and_access(
+    api_keys: bool,
+    oauth: bool,
+    access: &[AccessRule],
+) -> Vec<(String, String)> {
+    let mut problems = Vec::new();
+    if !api_keys && !oauth {
+        problems.push((
+            "auth".to_owned(),
+            "apiKeys false needs oauth: with neither, no caller can authenticate".to_owned(),
+        ));
+    }
+    let too_long = |field: String, schema_path: &str, len: usize, problems: &mut Vec<_>| {
+        let max = max_items(schema_path);
+        if len > max {
+            problems.push((
+                field,
+                format!("has {len} entries, at most {max} are allowed"),
+            ));
+        }
+    };
+    too_long(
+        "access".to_owned(),
+        "spec.access",
+        access.len(),
+        &mut problems,
+    );
+    for (i, rule) in access.iter().enumerate() {
+        let field = format!("access[{i}]");
+        for (name, len) in [
+            ("subjects", rule.subjects.len()),
+            ("tools", rule.tools.len()),
+        ] {
+            if len == 0 {
+                problems.push((format!("{field}.{name}"), "must not be empty".to_owned()));
+            }
+            too_long(
+                format!("{field}.{name}"),
+                &format!("spec.access[].{name}"),
+                len,
+                &mut problems,
+            );
+        }
+        for (j, subject) in rule.subjects.iter().enumerate() {
+            let field = format!("{field}.subjects[{j}]");
+            for (name, reason) in check_access_subject(subject) {
+                let field = if name.is_empty() {
+                    field.clone()
+                } else {
+                    format!("{field}.{name}")
+                };
+                problems.push((field, reason));
+            }
+            if subject.api_key_caller.is_some() && !api_keys {
+                problems.push((
+                    format!("{field}.apiKeyCaller"),
+                    "apiKeyCaller subjects need spec.auth.apiKeys: true: without it no caller has an API key".to_owned(),
+                ));
+            }
+            for (name, set) in [
+                ("tokenSubject", subject.token_subject.is_some()),
+                ("group", subject.group.is_some()),
+                ("scope", subject.scope.is_some()),
+            ] {
+                if set && !oauth {
+                    problems.push((
+                        format!("{field}.{name}"),
+                        "tokenSubject, group and scope subjects need spec.auth.oauth: without it no caller has a token".to_owned(),
+                    ));
+                }
+            }
+        }
+        for (j, tool) in rule.tools.iter().enumerate() {
+            if let Err(reason) = check_tool_pattern(tool) {
+                problems.push((format!("{field}.tools[{j}]"), format!("{tool:?} {reason}")));
+            }
+        }
+    }
+    problems
 }
 
 /// True for a credential or connector name (the names connectors and tools

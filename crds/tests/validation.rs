@@ -98,7 +98,7 @@ fn keywords_refuse(node: &Value, value: &Value) -> bool {
 
 #[test]
 fn the_examples_pass_code_and_cel_validation() {
-    for name in ["minimal", "full"] {
+    for name in ["minimal", "full", "oauth"] {
         let tenant = example(name);
         assert_eq!(code_validation(&tenant), Ok(()), "{name}");
         assert_eq!(cel_validation(&tenant), Ok(()), "{name}");

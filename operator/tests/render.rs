@@ -55,6 +55,56 @@ fn full_example_renders_as_the_golden_file() {
 }
 
 #[test]
+fn oauth_example_renders_as_the_golden_file() {
+    check_golden("oauth");
+}
+
+/// The OAuth example's ServerConfig and NetworkPolicy as `render` prints
+/// them: the resource server settings with defaults applied, the external
+/// Host beside the in-cluster ones, and egress to the issuer.
+#[test]
+fn oauth_example_renders_the_resource_server_and_the_issuer_egress() {
+    let rendered = render_tenant(
+        &read("manifests/examples/oauth.yaml"),
+        &OperatorSettings::default(),
+    )
+    .unwrap();
+    let documents: Vec<serde_json::Value> = rendered
+        .split("---\n")
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| yaml_serde::from_str(d).unwrap())
+        .collect();
+    let of_kind = |kind: &str| documents.iter().find(|d| d["kind"] == kind).unwrap();
+    let config: bulkhead_crds::server_config::ServerConfig = yaml_serde::from_str(
+        of_kind("ConfigMap")["data"]["server.yaml"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    bulkhead_server::config::validate(&config).unwrap();
+    let oauth = config.auth.oauth.unwrap();
+    assert_eq!(oauth.issuer, "https://login.example.com/realms/initech");
+    assert_eq!(oauth.algorithms.len(), 2);
+    assert!(config.allowed_hosts.contains(&"mcp.example.com".to_owned()));
+    assert!(
+        config
+            .allowed_hosts
+            .contains(&"mcp.example.com:443".to_owned())
+    );
+    let egress = of_kind("NetworkPolicy")["spec"]["egress"]
+        .as_array()
+        .unwrap();
+    let issuer = egress.last().unwrap();
+    assert_eq!(
+        issuer,
+        &serde_json::json!({
+            "to": [{"ipBlock": {"cidr": "203.0.113.10/32"}}],
+            "ports": [{"protocol": "TCP", "port": 443}],
+        })
+    );
+}
+
+#[test]
 fn output_is_one_document_per_object_in_apply_order() {
     let rendered = render_tenant(
         &read("manifests/examples/full.yaml"),

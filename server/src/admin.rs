@@ -9,14 +9,15 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
-use crate::api_keys::ApiKeyStore;
+use crate::authentication::Authenticator;
 use crate::metrics::Metrics;
 
 /// What readiness depends on.
 #[derive(Default)]
 pub struct Readiness {
-    /// The API-key store, when authentication is on.
-    pub keys: Option<ApiKeyStore>,
+    /// How callers are verified: API keys read, the OAuth issuer's
+    /// metadata and keys fetched.
+    pub auth: Authenticator,
     /// Set once every declared credential has been read.
     pub credentials_loaded: AtomicBool,
     /// Set when shutdown starts, so the Service stops routing here.
@@ -25,11 +26,22 @@ pub struct Readiness {
 
 impl Readiness {
     /// Ready: configuration loaded (we are running), keys and credentials
-    /// read, not shutting down.
+    /// read, the OAuth issuer reached once, not shutting down.
     pub fn is_ready(&self) -> bool {
-        self.keys.as_ref().is_none_or(ApiKeyStore::is_loaded)
-            && self.credentials_loaded.load(Ordering::Acquire)
-            && !self.draining.load(Ordering::Acquire)
+        self.not_ready_reasons().is_empty()
+    }
+
+    /// What keeps the server from being ready, one line each (the OAuth
+    /// reason names the issuer); empty when ready.
+    pub fn not_ready_reasons(&self) -> Vec<String> {
+        let mut reasons = self.auth.not_ready_reasons();
+        if !self.credentials_loaded.load(Ordering::Acquire) {
+            reasons.push("credentials not loaded yet".to_owned());
+        }
+        if self.draining.load(Ordering::Acquire) {
+            reasons.push("shutting down".to_owned());
+        }
+        reasons
     }
 }
 
@@ -46,10 +58,14 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    if state.readiness.is_ready() {
-        (StatusCode::OK, "ready")
+    let reasons = state.readiness.not_ready_reasons();
+    if reasons.is_empty() {
+        (StatusCode::OK, "ready".to_owned())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}", reasons.join("; ")),
+        )
     }
 }
 

@@ -77,7 +77,7 @@ impl KeyTable {
             }
             match parse_hash(stored.expose_secret()) {
                 Some(digest) => {
-                    if let Some(previous) = by_digest.insert(digest, CallerId::new(caller)) {
+                    if let Some(previous) = by_digest.insert(digest, CallerId::api_key(caller)) {
                         tracing::warn!(
                             caller = %caller,
                             previous = %previous,
@@ -100,8 +100,11 @@ impl KeyTable {
 pub enum AuthFailure {
     /// No `Authorization: Bearer` header.
     Missing,
-    /// A key that is not (or no longer) in the store.
+    /// A key that is not (or no longer) in the store, or an access token
+    /// that failed verification.
     Invalid,
+    /// A valid access token without a required scope.
+    InsufficientScope,
 }
 
 impl AuthFailure {
@@ -110,6 +113,7 @@ impl AuthFailure {
         match self {
             Self::Missing => "missing",
             Self::Invalid => "invalid",
+            Self::InsufficientScope => "insufficient_scope",
         }
     }
 }

@@ -17,9 +17,11 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::access::AccessPolicy;
 use crate::admin::{AdminState, Readiness};
 use crate::api_keys::ApiKeyStore;
 use crate::audit::{AuditLog, AuditWriter};
+use crate::authentication::Authenticator;
 use crate::cli::ServeOptions;
 use crate::config::{self, ConfigError};
 use crate::connectors::upstream::{UpstreamSetupError, install_crypto_provider};
@@ -29,6 +31,7 @@ use crate::credentials::{
 use crate::handler::TenantServer;
 use crate::identity::TenantId;
 use crate::metrics::Metrics;
+use crate::oauth::{OAuthSetupError, ResourceServer};
 use crate::origin_policy::OriginPolicy;
 use crate::rate_limit::RateLimits;
 use crate::response_cache::ResponseCache;
@@ -67,6 +70,9 @@ pub enum StartError {
     /// A connector could not be set up.
     #[error(transparent)]
     Connector(#[from] UpstreamSetupError),
+    /// The OAuth resource server could not be set up.
+    #[error(transparent)]
+    OAuth(#[from] OAuthSetupError),
     /// The ready file could not be written.
     #[error("cannot write {path}: {source}")]
     ReadyFile {
@@ -131,15 +137,12 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let (audit, audit_writer) = AuditLog::start(audit_out).map_err(StartError::AuditWriter)?;
         let poll = Duration::from_secs(options.secret_poll_seconds.max(1));
-        let keys = (!options.insecure_no_auth).then(|| {
-            ApiKeyStore::follow(
-                SecretLocation::new(config.api_keys.clone(), client.clone())
-                    .watch(poll, shutdown.clone()),
-            )
-        });
+        let auth = authenticator(
+            &config, &options, &client, &tenant, &metrics, poll, &shutdown,
+        )?;
         let credentials = credential_store(&config, client, tenant.clone(), poll, &shutdown);
         let readiness = Arc::new(Readiness {
-            keys: keys.clone(),
+            auth: auth.clone(),
             ..Readiness::default()
         });
         spawn_credential_check(
@@ -162,11 +165,12 @@ impl Server {
             },
             rate_limits.clone(),
             metrics.clone(),
+            Arc::new(AccessPolicy::new(&config.access)),
         );
         let mcp_cancel = CancellationToken::new();
         let endpoint = Arc::new(McpEndpoint {
             tenant: tenant.clone(),
-            keys,
+            auth,
             rate_limits,
             metrics: metrics.clone(),
             audit,
@@ -261,6 +265,45 @@ fn check_insecure_no_auth(options: &ServeOptions) -> Result<(), StartError> {
         );
     }
     Ok(())
+}
+
+/// How callers are verified: API keys (unless `auth.apiKeys` is off),
+/// OAuth access tokens (when `auth.oauth` is set; the issuer is fetched in
+/// the background), or nobody with `--insecure-no-auth`.
+fn authenticator(
+    config: &ServerConfig,
+    options: &ServeOptions,
+    client: &Option<kube::Client>,
+    tenant: &TenantId,
+    metrics: &Arc<Metrics>,
+    poll: Duration,
+    shutdown: &CancellationToken,
+) -> Result<Authenticator, StartError> {
+    if options.insecure_no_auth {
+        return Ok(Authenticator {
+            anonymous: true,
+            ..Authenticator::default()
+        });
+    }
+    let api_keys = config.auth.api_keys.then(|| {
+        ApiKeyStore::follow(
+            SecretLocation::new(config.api_keys.clone(), client.clone())
+                .watch(poll, shutdown.clone()),
+        )
+    });
+    let oauth = match &config.auth.oauth {
+        Some(oauth) => {
+            let server = Arc::new(ResourceServer::new(oauth, tenant.clone(), metrics.clone())?);
+            server.spawn_issuer_refresh(shutdown.clone());
+            Some(server)
+        }
+        None => None,
+    };
+    Ok(Authenticator {
+        api_keys,
+        oauth,
+        anonymous: false,
+    })
 }
 
 /// A Kubernetes client, only when a Secret source needs one.

@@ -19,6 +19,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use crate::identity::AuthMethod;
 use crate::tools::ToolOutcome;
 
 /// How a request ended, as recorded in the audit line.
@@ -35,7 +36,8 @@ pub enum Outcome {
     RpcError,
     /// Missing or unknown API key.
     Unauthenticated,
-    /// `Host` or `Origin` not allowed.
+    /// `Host` or `Origin` not allowed, an access token without a required
+    /// scope, or a tool the caller may not use.
     Forbidden,
     /// Over a rate limit.
     RateLimited,
@@ -77,6 +79,9 @@ pub struct AuditRecord {
     pub tenant: Arc<str>,
     /// The verified caller; `None` when authentication failed.
     pub caller: Option<Arc<str>>,
+    /// How the caller authenticated: `api_key`, `oauth`, or `none` (no
+    /// verified caller, or `--insecure-no-auth`).
+    pub auth: AuthMethod,
     /// Id of the request (also sent back as `x-request-id`).
     pub request_id: Arc<str>,
     /// JSON-RPC method, when the body could be read.
@@ -210,6 +215,7 @@ impl From<ToolOutcome> for Outcome {
             ToolOutcome::ToolError => Self::ToolError,
             ToolOutcome::UpstreamError => Self::UpstreamError,
             ToolOutcome::RateLimited => Self::RateLimited,
+            ToolOutcome::Forbidden => Self::Forbidden,
         }
     }
 }
@@ -223,6 +229,7 @@ mod tests {
             ts: "2026-01-01T00:00:00Z".into(),
             tenant: Arc::from("acme"),
             caller: Some(Arc::from("alice")),
+            auth: AuthMethod::ApiKey,
             request_id: Arc::from(format!("r{n}").as_str()),
             method: Some("tools/call".into()),
             tool: Some("whoami".into()),

@@ -1,5 +1,6 @@
 //! The MCP handler: `initialize`, `tools/list` and `tools/call` for one
-//! tenant. Authentication, the per-caller limit and the audit line happen in
+//! tenant, each caller seeing and calling only the tools the access rules
+//! ([`crate::access`]) give it. Authentication, the per-caller limit and the audit line happen in
 //! [`crate::transport`] before and after this runs; the verified
 //! [`CallContext`] arrives in the HTTP request's extensions.
 
@@ -13,6 +14,7 @@ use rmcp::model::{
 use rmcp::service::RequestContext;
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 
+use crate::access::AccessPolicy;
 use crate::identity::CallContext;
 use crate::metrics::{Metrics, RateLimitLabels, ToolLabels};
 use crate::rate_limit::{RateLimits, retry_after_seconds};
@@ -26,23 +28,36 @@ pub struct TenantServer {
     services: ToolServices,
     rate_limits: Arc<RateLimits>,
     metrics: Arc<Metrics>,
+    access: Arc<AccessPolicy>,
 }
 
 impl TenantServer {
-    /// A handler over `catalog`.
+    /// A handler over `catalog`, showing each caller only the tools
+    /// `access` lets it use.
     pub fn new(
         catalog: Arc<ToolCatalog>,
         services: ToolServices,
         rate_limits: Arc<RateLimits>,
         metrics: Arc<Metrics>,
+        access: Arc<AccessPolicy>,
     ) -> Self {
         Self {
             catalog,
             services,
             rate_limits,
             metrics,
+            access,
         }
     }
+}
+
+/// The JSON-RPC error for a tool that does not exist, and for one the
+/// caller may not use: the same, so a caller cannot tell the two apart.
+fn unknown_tool() -> ErrorData {
+    ErrorData::invalid_params(
+        "unknown tool; call tools/list for the tools this server offers",
+        None,
+    )
 }
 
 fn call_context(context: &RequestContext<RoleServer>) -> Result<CallContext, ErrorData> {
@@ -69,10 +84,19 @@ impl ServerHandler for TenantServer {
     async fn list_tools(
         &self,
         _request: Option<PaginatedRequestParams>,
-        _context: RequestContext<RoleServer>,
+        context: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
+        let call_context = call_context(&context)?;
         Ok(ListToolsResult::with_all_items(
-            self.catalog.tools().to_vec(),
+            self.catalog
+                .tools()
+                .iter()
+                .filter(|tool| {
+                    self.access
+                        .allows(&call_context.caller, &call_context.grants, &tool.name)
+                })
+                .cloned()
+                .collect(),
         ))
     }
 
@@ -88,6 +112,14 @@ impl ServerHandler for TenantServer {
         let call_context = call_context(&context)?;
         let started = Instant::now();
         let label = self.catalog.label(&request.name);
+        if self.catalog.get(&request.name).is_some()
+            && !self
+                .access
+                .allows(&call_context.caller, &call_context.grants, &request.name)
+        {
+            call_context.record(ToolOutcome::Forbidden, None);
+            return Err(unknown_tool());
+        }
         let call = if self.catalog.get(&request.name).is_none() {
             None
         } else if let Err(wait) = self
@@ -120,10 +152,7 @@ impl ServerHandler for TenantServer {
             )
         };
         let Some(call) = call else {
-            return Err(ErrorData::invalid_params(
-                "unknown tool; call tools/list for the tools this server offers",
-                None,
-            ));
+            return Err(unknown_tool());
         };
         self.metrics
             .tool_duration

@@ -1,8 +1,8 @@
 //! Who a request is for (the tenant) and who sent it (the caller).
 //!
 //! Both come from verified sources only: the tenant id from the
-//! configuration, the caller id from the API-key store. Nothing in a request
-//! body or header can construct either.
+//! configuration, the caller id from the API-key store or a verified access
+//! token. Nothing in a request body or header can construct either.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -31,27 +31,93 @@ impl fmt::Display for TenantId {
     }
 }
 
-/// A caller of the tenant's server, as named by the API-key store.
+/// How a caller authenticated. Part of the caller's identity: an API-key
+/// caller `alice` and a token caller whose claim is `alice` are different
+/// callers for rate limits, the response cache and access rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum AuthMethod {
+    /// A Bulkhead API key.
+    #[serde(rename = "api_key")]
+    ApiKey,
+    /// An OAuth 2.1 access token (MCP authorization).
+    #[serde(rename = "oauth")]
+    OAuth,
+    /// No authentication: `--insecure-no-auth`, or a request refused before
+    /// a caller was verified.
+    #[serde(rename = "none")]
+    None,
+}
+
+impl AuthMethod {
+    /// The audit and metric label: `api_key`, `oauth` or `none`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ApiKey => "api_key",
+            Self::OAuth => "oauth",
+            Self::None => "none",
+        }
+    }
+}
+
+/// A verified caller of the tenant's server: how it authenticated and the
+/// id that method names (the API-key store's caller id, or the configured
+/// claim of a verified access token).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CallerId(Arc<str>);
+pub struct CallerId {
+    method: AuthMethod,
+    id: Arc<str>,
+}
 
 impl CallerId {
-    /// Wraps a caller id taken from the API-key store (or the fixed
-    /// development caller of `--insecure-no-auth`).
-    pub fn new(id: &str) -> Self {
-        Self(Arc::from(id))
+    /// A caller taken from the API-key store.
+    pub fn api_key(id: &str) -> Self {
+        Self {
+            method: AuthMethod::ApiKey,
+            id: Arc::from(id),
+        }
     }
 
-    /// The id as text.
+    /// A caller named by the caller claim of a verified access token.
+    pub fn token(id: &str) -> Self {
+        Self {
+            method: AuthMethod::OAuth,
+            id: Arc::from(id),
+        }
+    }
+
+    /// The fixed development caller of `--insecure-no-auth`.
+    pub fn unauthenticated(id: &str) -> Self {
+        Self {
+            method: AuthMethod::None,
+            id: Arc::from(id),
+        }
+    }
+
+    /// The id as text (without the method).
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.id
+    }
+
+    /// How the caller authenticated.
+    pub fn method(&self) -> AuthMethod {
+        self.method
     }
 }
 
 impl fmt::Display for CallerId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.id)
     }
+}
+
+/// What a verified access token says about its caller besides the id, for
+/// access rules (`group` and `scope` subjects). Empty for API-key callers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TokenGrants {
+    /// Values of the configured groups claim.
+    pub groups: Vec<String>,
+    /// Scopes of the `scope` (or `scp`) claim.
+    pub scopes: Vec<String>,
 }
 
 /// Whether a caller id is acceptable: caller ids are the data keys of the
@@ -68,6 +134,8 @@ pub struct CallContext {
     pub tenant: TenantId,
     /// The authenticated caller.
     pub caller: CallerId,
+    /// Groups and scopes of the caller's access token.
+    pub grants: Arc<TokenGrants>,
     /// Id of this request, as written in the audit line.
     pub request_id: Arc<str>,
     /// Filled in by the handler, read back for the audit line.

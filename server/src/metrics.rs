@@ -29,7 +29,7 @@ pub struct ToolLabels {
 /// Labels of `bulkhead_auth_failures_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuthLabels {
-    /// `missing` or `invalid`.
+    /// `missing`, `invalid` or `insufficient_scope`.
     pub reason: &'static str,
 }
 
@@ -49,6 +49,20 @@ pub struct UpstreamLabels {
     pub kind: &'static str,
 }
 
+/// Labels of `bulkhead_oauth_jwks_fetches_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JwksFetchLabels {
+    /// `ok` or `error`.
+    pub outcome: &'static str,
+}
+
+/// Labels of `bulkhead_oauth_token_rejections_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenRejectionLabels {
+    /// A fixed reason: `expired`, `audience`, `unknown_key`, ...
+    pub reason: &'static str,
+}
+
 /// All metrics of the server.
 pub struct Metrics {
     registry: Registry,
@@ -62,6 +76,10 @@ pub struct Metrics {
     pub rate_limited: Family<RateLimitLabels, Counter>,
     /// Upstream failures.
     pub upstream_errors: Family<UpstreamLabels, Counter>,
+    /// Fetches of the OAuth issuer's JWKS.
+    pub jwks_fetches: Family<JwksFetchLabels, Counter>,
+    /// Access tokens refused, by reason.
+    pub token_rejections: Family<TokenRejectionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -74,6 +92,8 @@ impl Default for Metrics {
         let auth_failures = Family::<AuthLabels, Counter>::default();
         let rate_limited = Family::<RateLimitLabels, Counter>::default();
         let upstream_errors = Family::<UpstreamLabels, Counter>::default();
+        let jwks_fetches = Family::<JwksFetchLabels, Counter>::default();
+        let token_rejections = Family::<TokenRejectionLabels, Counter>::default();
         let mut registry = Registry::with_prefix("bulkhead");
         registry.register(
             "mcp_requests",
@@ -87,7 +107,7 @@ impl Default for Metrics {
         );
         registry.register(
             "auth_failures",
-            "Requests refused for a missing or unknown API key",
+            "Requests refused for a missing or unusable API key or access token",
             auth_failures.clone(),
         );
         registry.register(
@@ -100,6 +120,16 @@ impl Default for Metrics {
             "Failed upstream calls by connector and kind",
             upstream_errors.clone(),
         );
+        registry.register(
+            "oauth_jwks_fetches",
+            "Fetches of the OAuth issuer's JWKS, by outcome",
+            jwks_fetches.clone(),
+        );
+        registry.register(
+            "oauth_token_rejections",
+            "Access tokens refused, by reason",
+            token_rejections.clone(),
+        );
         Self {
             registry,
             requests,
@@ -107,6 +137,8 @@ impl Default for Metrics {
             auth_failures,
             rate_limited,
             upstream_errors,
+            jwks_fetches,
+            token_rejections,
         }
     }
 }

@@ -109,8 +109,8 @@ mod tests {
     #[test]
     fn a_caller_is_refused_after_its_burst_and_others_are_not() {
         let limits = limits();
-        let alice = CallerId::new("alice");
-        let bob = CallerId::new("bob");
+        let alice = CallerId::api_key("alice");
+        let bob = CallerId::api_key("bob");
         for _ in 0..3 {
             assert!(limits.check_caller(&alice).is_ok());
         }
@@ -118,15 +118,21 @@ mod tests {
         assert!(wait > Duration::ZERO && wait <= Duration::from_secs(1));
         assert_eq!(retry_after_seconds(wait), 1);
         assert!(limits.check_caller(&bob).is_ok());
+        // The same id authenticated by token has its own budget.
+        assert!(limits.check_caller(&CallerId::token("alice")).is_ok());
     }
 
     #[test]
     fn tool_limits_apply_per_caller_and_tool() {
         let limits = limits();
-        let alice = CallerId::new("alice");
+        let alice = CallerId::api_key("alice");
         assert!(limits.check_tool(&alice, "whoami").is_ok());
         assert!(limits.check_tool(&alice, "whoami").is_err());
         assert!(limits.check_tool(&alice, "other").is_ok());
-        assert!(limits.check_tool(&CallerId::new("bob"), "whoami").is_ok());
+        assert!(
+            limits
+                .check_tool(&CallerId::api_key("bob"), "whoami")
+                .is_ok()
+        );
     }
 }

@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use crate::api_keys::AuthFailure;
 use crate::audit::Outcome;
 use crate::metrics::{AuthLabels, Metrics, RateLimitLabels};
+use crate::oauth::BearerChallenge;
 
 /// JSON-RPC: the body is not JSON.
 pub const PARSE_ERROR: i64 = -32700;
@@ -29,9 +30,20 @@ pub enum Refusal {
     NotReady,
     /// `Host` or `Origin` is not allowed (403); the text says which.
     Forbidden(&'static str),
-    /// No or an unknown API key (401 with a `WWW-Authenticate` challenge,
-    /// RFC 6750 section 3).
-    Unauthenticated(AuthFailure),
+    /// No, an unknown API key or an invalid access token (401 with a
+    /// `WWW-Authenticate` challenge, RFC 6750 section 3). With OAuth
+    /// configured the challenge names the Protected Resource Metadata
+    /// (RFC 9728 section 5.1); with API keys only it is
+    /// `Bearer realm="bulkhead"`.
+    Unauthenticated {
+        /// What was wrong.
+        failure: AuthFailure,
+        /// The OAuth challenges, when OAuth is configured.
+        challenge: Option<BearerChallenge>,
+    },
+    /// A valid access token without a required scope (403 with
+    /// `error="insufficient_scope"`, RFC 6750 section 3.1).
+    InsufficientScope(BearerChallenge),
     /// The body is larger than the configured limit (413).
     PayloadTooLarge,
     /// The body did not arrive within the request timeout (408).
@@ -66,8 +78,8 @@ impl Refusal {
     pub fn outcome(&self) -> Outcome {
         match self {
             Self::NotReady => Outcome::Unavailable,
-            Self::Forbidden(_) => Outcome::Forbidden,
-            Self::Unauthenticated(_) => Outcome::Unauthenticated,
+            Self::Forbidden(_) | Self::InsufficientScope(_) => Outcome::Forbidden,
+            Self::Unauthenticated { .. } => Outcome::Unauthenticated,
             Self::PayloadTooLarge => Outcome::PayloadTooLarge,
             Self::BodyTimeout | Self::Timeout { .. } => Outcome::Timeout,
             Self::BadRequest { .. } => Outcome::BadRequest,
@@ -82,11 +94,19 @@ impl Refusal {
             Self::Forbidden(reason) => {
                 tracing::warn!(request_id = %request_id, reason, "request refused");
             }
-            Self::Unauthenticated(failure) => {
+            Self::Unauthenticated { failure, .. } => {
                 metrics
                     .auth_failures
                     .get_or_create(&AuthLabels {
                         reason: failure.as_str(),
+                    })
+                    .inc();
+            }
+            Self::InsufficientScope(_) => {
+                metrics
+                    .auth_failures
+                    .get_or_create(&AuthLabels {
+                        reason: AuthFailure::InsufficientScope.as_str(),
                     })
                     .inc();
             }
@@ -115,16 +135,31 @@ impl IntoResponse for Refusal {
                 response
             }
             Self::Forbidden(reason) => plain(StatusCode::FORBIDDEN, reason),
-            Self::Unauthenticated(failure) => {
-                let challenge = match failure {
-                    AuthFailure::Missing => r#"Bearer realm="bulkhead""#,
-                    AuthFailure::Invalid => r#"Bearer realm="bulkhead", error="invalid_token""#,
+            Self::Unauthenticated { failure, challenge } => {
+                let value = match (failure, challenge) {
+                    (AuthFailure::Missing, Some(c)) => c.missing,
+                    (_, Some(c)) => c.invalid,
+                    (AuthFailure::Missing, None) => {
+                        HeaderValue::from_static(r#"Bearer realm="bulkhead""#)
+                    }
+                    (_, None) => HeaderValue::from_static(
+                        r#"Bearer realm="bulkhead", error="invalid_token""#,
+                    ),
                 };
                 let mut response = plain(StatusCode::UNAUTHORIZED, "Unauthorized");
-                response.headers_mut().insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(challenge),
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, value);
+                response
+            }
+            Self::InsufficientScope(challenge) => {
+                let mut response = plain(
+                    StatusCode::FORBIDDEN,
+                    "Forbidden: the access token lacks a required scope",
                 );
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, challenge.insufficient_scope);
                 response
             }
             Self::PayloadTooLarge => plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),

@@ -93,7 +93,7 @@ mod tests {
     fn key_for(tenant: &str, caller: &str) -> CacheKey {
         CacheKey {
             tenant: TenantId::new(tenant),
-            caller: CallerId::new(caller),
+            caller: CallerId::api_key(caller),
             connector: "github".into(),
             resource: "https://api.github.com/repos/o/r".into(),
         }
@@ -118,6 +118,12 @@ mod tests {
             "alice"
         );
         assert!(cache.get(&key_for("a", "bob")).is_none());
+        // A token caller with the same id is another caller.
+        let token_alice = CacheKey {
+            caller: CallerId::token("alice"),
+            ..key_for("a", "alice")
+        };
+        assert!(cache.get(&token_alice).is_none());
     }
 
     #[test]

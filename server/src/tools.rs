@@ -39,6 +39,9 @@ pub enum ToolOutcome {
     UpstreamError,
     /// The caller's budget for this tool is used up.
     RateLimited,
+    /// The access rules do not let the caller use this tool (answered
+    /// like an unknown tool).
+    Forbidden,
 }
 
 /// What the handler learnt about a tool call.
@@ -112,7 +115,7 @@ pub struct ToolCatalog {
 fn whoami_tool() -> Tool {
     Tool::new(
         WHOAMI,
-        "Return the tenant this server serves and the caller the API key belongs to.",
+        "Return the tenant this server serves and the caller its API key or access token names.",
         schema_object(&json!({"type": "object", "properties": {}})),
     )
     .with_raw_output_schema(schema_object(&json!({

@@ -3,8 +3,13 @@
 //!
 //! Order, cheapest refusal first: readiness, `Host`/`Origin` (before
 //! authentication, so a DNS-rebinding page learns nothing about keys), API
-//! key, body size, per-caller rate limit; then rmcp within the request
-//! timeout; then metrics and one audit line, whatever the outcome.
+//! key or access token ([`crate::authentication`]), body size, per-caller
+//! rate limit; then rmcp within the request timeout; then metrics and one
+//! audit line, whatever the outcome.
+//!
+//! With OAuth configured the same listener serves the Protected Resource
+//! Metadata (RFC 9728) without authentication, behind the same `Host` and
+//! `Origin` checks.
 //!
 //! rmcp runs stateless (`legacy_session_mode: false`) with JSON responses:
 //! every POST carries everything needed, so replicas behind one Service need
@@ -24,18 +29,15 @@ use rmcp::transport::streamable_http_server::session::never::NeverSessionManager
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::api_keys::ApiKeyStore;
 use crate::audit::{AuditLog, AuditRecord, Outcome, digest_arguments};
+use crate::authentication::Authenticator;
 use crate::handler::TenantServer;
-use crate::identity::{CallContext, CallerId, TenantId};
+use crate::identity::{AuthMethod, CallContext, CallerId, TenantId};
 use crate::metrics::{Metrics, RequestLabels, method_label};
 use crate::origin_policy::OriginPolicy;
 use crate::rate_limit::{RateLimits, retry_after_seconds};
 use crate::refusal::{INVALID_REQUEST, PARSE_ERROR, Refusal};
 use crate::tools::ToolReport;
-
-/// Caller id used with `--insecure-no-auth`.
-pub const ANONYMOUS_CALLER: &str = "anonymous";
 
 /// The rmcp service type this server runs.
 pub type McpService = StreamableHttpService<TenantServer, NeverSessionManager>;
@@ -44,8 +46,8 @@ pub type McpService = StreamableHttpService<TenantServer, NeverSessionManager>;
 pub struct McpEndpoint {
     /// The configured tenant.
     pub tenant: TenantId,
-    /// API keys; `None` only with `--insecure-no-auth`.
-    pub keys: Option<ApiKeyStore>,
+    /// How callers are verified.
+    pub auth: Authenticator,
     /// Rate limiters.
     pub rate_limits: Arc<RateLimits>,
     /// Metrics.
@@ -133,6 +135,10 @@ pub async fn serve_mcp(State(endpoint): State<Arc<McpEndpoint>>, request: Reques
         ts,
         tenant: Arc::from(endpoint.tenant.as_str()),
         caller: pending.caller.as_ref().map(|c| Arc::from(c.as_str())),
+        auth: pending
+            .caller
+            .as_ref()
+            .map_or(AuthMethod::None, CallerId::method),
         request_id: request_id.clone(),
         method: pending.method,
         tool: pending.tool,
@@ -156,13 +162,19 @@ impl McpEndpoint {
         request_id: &Arc<str>,
         pending: &mut Pending,
     ) -> Result<Response, Refusal> {
-        if self.keys.as_ref().is_some_and(|k| !k.is_loaded()) {
+        if !self.auth.is_ready() {
             return Err(Refusal::NotReady);
         }
         self.origin_policy
             .check(request.headers(), request.uri())
             .map_err(Refusal::Forbidden)?;
-        let caller = self.authenticate(request.headers())?;
+        let (caller, grants) = match self.auth.authenticate(request.headers()).await {
+            Ok(authenticated) => authenticated,
+            Err(refused) => {
+                pending.caller = refused.caller;
+                return Err(refused.refusal);
+            }
+        };
         pending.caller = Some(caller.clone());
         let (mut parts, body) = request.into_parts();
         let is_post = parts.method == Method::POST;
@@ -182,6 +194,7 @@ impl McpEndpoint {
         let context = CallContext {
             tenant: self.tenant.clone(),
             caller,
+            grants,
             request_id: request_id.clone(),
             report: Arc::new(Mutex::new(ToolReport::default())),
         };
@@ -196,19 +209,6 @@ impl McpEndpoint {
             });
         };
         Ok(judge(response.map(Body::new), is_post, context.report(), pending).await)
-    }
-
-    /// The caller the API key names (or the development caller when
-    /// authentication is off).
-    fn authenticate(&self, headers: &HeaderMap) -> Result<CallerId, Refusal> {
-        let Some(keys) = &self.keys else {
-            return Ok(CallerId::new(ANONYMOUS_CALLER));
-        };
-        let authorization = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        keys.verify_authorization(authorization)
-            .map_err(Refusal::Unauthenticated)
     }
 
     /// The body, at most `max_body_bytes`. The read counts against the
@@ -331,14 +331,55 @@ fn is_jsonrpc_error(body: &[u8]) -> bool {
     serde_json::from_slice::<Reply<'_>>(body).is_ok_and(|r| r.error.is_some())
 }
 
-/// The router for the MCP listener.
+/// Protected Resource Metadata (RFC 9728 section 3.2), at the paths
+/// [`crate::oauth::ResourceServer::serves_metadata_at`] lists; 404
+/// elsewhere under the well-known prefix.
+async fn serve_resource_metadata(
+    State(endpoint): State<Arc<McpEndpoint>>,
+    request: Request,
+) -> Response {
+    let Some(oauth) = &endpoint.auth.oauth else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    if let Err(reason) = endpoint
+        .origin_policy
+        .check(request.headers(), request.uri())
+    {
+        return Refusal::Forbidden(reason).into_response();
+    }
+    if !oauth.serves_metadata_at(request.uri().path()) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        oauth.metadata_document().to_owned(),
+    )
+        .into_response()
+}
+
+/// The router for the MCP listener: `/mcp`, and the Protected Resource
+/// Metadata when OAuth is configured.
 pub fn router(endpoint: Arc<McpEndpoint>) -> axum::Router {
-    axum::Router::new()
-        .route(
-            bulkhead_crds::server_config::MCP_PATH,
-            axum::routing::any(serve_mcp),
-        )
-        .with_state(endpoint)
+    let mut router = axum::Router::new().route(
+        bulkhead_crds::server_config::MCP_PATH,
+        axum::routing::any(serve_mcp),
+    );
+    if endpoint.auth.oauth.is_some() {
+        let prefix = crate::oauth::PROTECTED_RESOURCE_METADATA;
+        router = router
+            .route(prefix, axum::routing::any(serve_resource_metadata))
+            .route(
+                &format!("{prefix}/{{*path}}"),
+                axum::routing::any(serve_resource_metadata),
+            );
+    }
+    router.with_state(endpoint)
 }
 
 #[cfg(test)]

@@ -167,6 +167,7 @@ async fn a_call_passes_every_gate_and_is_audited_as_ok() {
         (&line["outcome"], &line["caller"], &line["tool"]),
         (&"ok".into(), &"ci".into(), &"whoami".into())
     );
+    assert_eq!(line["auth"], "api_key");
     let body: Value = serde_json::from_str(&text(response).await).unwrap();
     assert_eq!(body["id"], 7);
     assert_eq!(

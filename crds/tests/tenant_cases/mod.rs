@@ -34,6 +34,38 @@ pub struct Case {
     pub schema: Schema,
 }
 
+/// Gives the full example `spec.auth.oauth` (an issuer outside the
+/// cluster) and `spec.access` rules of each kind of subject, the way
+/// `manifests/examples/oauth.yaml` does.
+pub fn with_oauth(t: &mut Value) {
+    t["spec"]["auth"] = json!({
+        "apiKeys": true,
+        "oauth": {
+            "issuer": "https://login.example.com/realms/globex",
+            "resource": "https://mcp.example.com/globex/mcp",
+            "requiredScopes": ["mcp:tools"],
+            "tenantClaim": "tenant",
+            "algorithms": ["RS256", "ES256"],
+            "issuerNetwork": {"cidrs": ["203.0.113.10/32"], "ports": [443]},
+        },
+    });
+    t["spec"]["access"] = json!([
+        {"subjects": [{"group": "globex-platform"}, {"tokenSubject": "alice"}], "tools": ["*"]},
+        {"subjects": [{"scope": "github.read"}, {"apiKeyCaller": "ci-release"}], "tools": ["github_get_*"]},
+    ]);
+}
+
+/// `with_oauth`, then the issuer named by an in-cluster namespace selector
+/// instead of CIDRs.
+pub fn with_in_cluster_issuer(t: &mut Value) {
+    with_oauth(t);
+    t["spec"]["auth"]["oauth"]["issuerNetwork"] = json!({
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keycloak"}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/name": "keycloak"}},
+        "ports": [8080],
+    });
+}
+
 /// The invalid Tenants.
 pub fn cases() -> Vec<Case> {
     vec![
@@ -452,6 +484,318 @@ pub fn cases() -> Vec<Case> {
             field: "spec.server.image",
             schema: Schema::Keyword,
         },
+        // spec.auth and spec.access.
+        Case {
+            name: "issuer over http to a public host",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuer"] =
+                    json!("http://login.example.com/realms/globex");
+            },
+            field: "spec.auth.oauth.issuer",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "http issuer on a host that starts like localhost",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuer"] = json!("http://localhost.example.com");
+            },
+            field: "spec.auth.oauth.issuer",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "issuer with a query",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuer"] =
+                    json!("https://login.example.com/?realm=globex");
+            },
+            field: "spec.auth.oauth.issuer",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "issuer with a fragment",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuer"] = json!("https://login.example.com/#globex");
+            },
+            field: "spec.auth.oauth.issuer",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "issuer with user information",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuer"] = json!("https://admin@login.example.com");
+            },
+            field: "spec.auth.oauth.issuer",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "resource with a fragment",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["resource"] =
+                    json!("https://mcp.example.com/globex/mcp#x");
+            },
+            field: "spec.auth.oauth.resource",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "resource over http to a public host",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["resource"] = json!("http://mcp.example.com/globex/mcp");
+            },
+            field: "spec.auth.oauth.resource",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "required scope with a space",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["requiredScopes"] = json!(["mcp tools"]);
+            },
+            field: "spec.auth.oauth.requiredScopes[0]",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "required scope with a backslash",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["requiredScopes"] = json!(["mcp\\tools"]);
+            },
+            field: "spec.auth.oauth.requiredScopes[0]",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "duplicate required scope",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["requiredScopes"] = json!(["mcp:tools", "mcp:tools"]);
+            },
+            field: "spec.auth.oauth.requiredScopes[1]",
+            schema: Schema::UniqueList("spec.auth.oauth.requiredScopes"),
+        },
+        Case {
+            name: "empty caller claim",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["callerClaim"] = json!("");
+            },
+            field: "spec.auth.oauth.callerClaim",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "tenant claim with a control character",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["tenantClaim"] = json!("ten\u{7}ant");
+            },
+            field: "spec.auth.oauth.tenantClaim",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "groups claim of 129 characters",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["groupsClaim"] = json!("g".repeat(129));
+            },
+            field: "spec.auth.oauth.groupsClaim",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "clock skew above 300 seconds",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["clockSkewSeconds"] = json!(301);
+            },
+            field: "spec.auth.oauth.clockSkewSeconds",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "duplicate algorithm",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["algorithms"] = json!(["ES256", "ES256"]);
+            },
+            field: "spec.auth.oauth.algorithms[1]",
+            schema: Schema::UniqueList("spec.auth.oauth.algorithms"),
+        },
+        Case {
+            name: "issuer network with neither CIDRs nor a namespace selector",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuerNetwork"] = json!({"ports": [443]});
+            },
+            field: "spec.auth.oauth.issuerNetwork",
+            schema: Schema::Cel("exactly one of cidrs"),
+        },
+        Case {
+            name: "issuer network with both CIDRs and a namespace selector",
+            edit: |t| {
+                with_in_cluster_issuer(t);
+                t["spec"]["auth"]["oauth"]["issuerNetwork"]["cidrs"] = json!(["203.0.113.10/32"]);
+            },
+            field: "spec.auth.oauth.issuerNetwork",
+            schema: Schema::Cel("exactly one of cidrs"),
+        },
+        Case {
+            name: "issuer pod selector without a namespace selector",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuerNetwork"]["podSelector"] =
+                    json!({"matchLabels": {"app": "idp"}});
+            },
+            field: "spec.auth.oauth.issuerNetwork.podSelector",
+            schema: Schema::Cel("podSelector needs namespaceSelector"),
+        },
+        Case {
+            name: "issuer CIDR with host bits",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuerNetwork"]["cidrs"] = json!(["203.0.113.10/24"]);
+            },
+            field: "spec.auth.oauth.issuerNetwork.cidrs[0]",
+            schema: Schema::Cel("canonical CIDR"),
+        },
+        Case {
+            name: "duplicate issuer port",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuerNetwork"]["ports"] = json!([443, 443]);
+            },
+            field: "spec.auth.oauth.issuerNetwork.ports[1]",
+            schema: Schema::UniqueList("spec.auth.oauth.issuerNetwork.ports"),
+        },
+        Case {
+            name: "issuer namespace selector of only Exists",
+            edit: |t| {
+                with_in_cluster_issuer(t);
+                t["spec"]["auth"]["oauth"]["issuerNetwork"]["namespaceSelector"] =
+                    json!({"matchExpressions": [{"key": "idp", "operator": "Exists"}]});
+            },
+            field: "spec.auth.oauth.issuerNetwork.namespaceSelector",
+            schema: Schema::Cel("admit every namespace"),
+        },
+        Case {
+            name: "issuer pod selector In expression without values",
+            edit: |t| {
+                with_in_cluster_issuer(t);
+                t["spec"]["auth"]["oauth"]["issuerNetwork"]["podSelector"] =
+                    json!({"matchExpressions": [{"key": "app", "operator": "In"}]});
+            },
+            field: "spec.auth.oauth.issuerNetwork.podSelector.matchExpressions[0].values",
+            schema: Schema::Cel("must not be empty for In and NotIn"),
+        },
+        Case {
+            name: "access subject with two fields",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["access"][0]["subjects"][0] =
+                    json!({"group": "globex-platform", "scope": "admin"});
+            },
+            field: "spec.access[0].subjects[0]",
+            schema: Schema::Cel("exactly one of apiKeyCaller"),
+        },
+        Case {
+            name: "access subject with no field",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["access"][0]["subjects"][0] = json!({});
+            },
+            field: "spec.access[0].subjects[0]",
+            schema: Schema::Cel("exactly one of apiKeyCaller"),
+        },
+        Case {
+            name: "token subject without oauth",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"] = json!({"apiKeys": true});
+                t["spec"]["access"] =
+                    json!([{"subjects": [{"tokenSubject": "alice"}], "tools": ["*"]}]);
+            },
+            field: "spec.access[0].subjects[0].tokenSubject",
+            schema: Schema::Cel("need spec.auth.oauth"),
+        },
+        Case {
+            name: "group without oauth",
+            edit: |t| {
+                t["spec"]["access"] = json!([{"subjects": [{"apiKeyCaller": "ci"}, {"group": "ops"}], "tools": ["*"]}]);
+            },
+            field: "spec.access[0].subjects[1].group",
+            schema: Schema::Cel("need spec.auth.oauth"),
+        },
+        Case {
+            name: "API-key caller with API keys off",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["apiKeys"] = json!(false);
+            },
+            field: "spec.access[1].subjects[1].apiKeyCaller",
+            schema: Schema::Cel("need spec.auth.apiKeys"),
+        },
+        Case {
+            name: "neither API keys nor oauth",
+            edit: |t| t["spec"]["auth"] = json!({"apiKeys": false}),
+            field: "spec.auth",
+            schema: Schema::Cel("no caller can authenticate"),
+        },
+        Case {
+            name: "tool pattern with a space",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["access"][1]["tools"][0] = json!("github get");
+            },
+            field: "spec.access[1].tools[0]",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "tool pattern with a slash",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["access"][1]["tools"][0] = json!("github/*");
+            },
+            field: "spec.access[1].tools[0]",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "API-key caller with a slash",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["access"][1]["subjects"][1]["apiKeyCaller"] = json!("ci/release");
+            },
+            field: "spec.access[1].subjects[1].apiKeyCaller",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "group with a control character",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["access"][0]["subjects"][0]["group"] = json!("ops\u{85}");
+            },
+            field: "spec.access[0].subjects[0].group",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "token subject of 257 characters",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["access"][0]["subjects"][1]["tokenSubject"] = json!("s".repeat(257));
+            },
+            field: "spec.access[0].subjects[1].tokenSubject",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "scope subject with a quote",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["access"][1]["subjects"][0]["scope"] = json!("github\"read");
+            },
+            field: "spec.access[1].subjects[0].scope",
+            schema: Schema::Keyword,
+        },
     ]
 }
 
@@ -524,6 +868,79 @@ pub fn valid_cases() -> Vec<ValidCase> {
             edit: |t| {
                 t["spec"]["rateLimits"]["perCaller"] =
                     json!({"requestsPerMinute": 1_000_000, "burst": 100_000})
+            },
+        },
+        ValidCase {
+            name: "oauth with an issuer outside the cluster and access rules",
+            edit: with_oauth,
+        },
+        ValidCase {
+            name: "oauth with an in-cluster issuer",
+            edit: with_in_cluster_issuer,
+        },
+        ValidCase {
+            name: "http issuer and resource on loopback hosts, for tests",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuer"] = json!("http://127.0.0.1:8080/idp");
+                t["spec"]["auth"]["oauth"]["resource"] = json!("http://localhost:3000/mcp");
+            },
+        },
+        ValidCase {
+            name: "http resource on the IPv6 loopback",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["resource"] = json!("http://[::1]:8080/mcp");
+            },
+        },
+        ValidCase {
+            name: "resource with a port and a query",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["resource"] =
+                    json!("https://mcp.example.com:8443/globex/mcp?v=1");
+            },
+        },
+        ValidCase {
+            name: "tokens only, no API keys",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["apiKeys"] = json!(false);
+                t["spec"]["access"][1]["subjects"] = json!([{"scope": "github.read"}]);
+            },
+        },
+        ValidCase {
+            name: "API keys only, with access rules for API-key callers",
+            edit: |t| {
+                t["spec"]["access"] =
+                    json!([{"subjects": [{"apiKeyCaller": "ci-release"}], "tools": ["github_*"]}]);
+            },
+        },
+        ValidCase {
+            name: "scope token of every character class RFC 6749 allows",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["requiredScopes"] =
+                    json!(["read:all/x.y!#$%&'()*+,-[]^_`{|}~", "s".repeat(256)]);
+            },
+        },
+        ValidCase {
+            name: "claim names that are URLs, clock skew at its bound",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["callerClaim"] = json!("https://example.com/claims/uid");
+                t["spec"]["auth"]["oauth"]["groupsClaim"] = json!("g".repeat(128));
+                t["spec"]["auth"]["oauth"]["clockSkewSeconds"] = json!(300);
+            },
+        },
+        ValidCase {
+            name: "tool patterns and subjects of any printable text",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["access"][0]["tools"] =
+                    json!(["*", "github_*", "a.b-c", "t".repeat(128)]);
+                t["spec"]["access"][0]["subjects"] =
+                    json!([{"group": "Ops Team (EU) é"}, {"tokenSubject": "s".repeat(256)}]);
             },
         },
     ]

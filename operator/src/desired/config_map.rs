@@ -5,17 +5,20 @@
 
 use std::collections::BTreeMap;
 
+use bulkhead_crds::cidr::Cidr;
 use bulkhead_crds::server_config::{
     API_KEYS_SECRET_NAME, AuthConfig, CONFIG_FILE_KEY, CONFIG_MAP_NAME, CREDENTIALS_SECRET_NAME,
     ConnectorConfig, CredentialKey, MCP_PORT, OAuthConfig, RateLimitsConfig, SecretSource,
     ServerConfig, TransportLimits, default_algorithms, default_caller_claim,
     default_clock_skew_seconds, default_groups_claim, default_jwks_min_refresh_seconds,
+    resource_hosts,
 };
 use bulkhead_crds::validation::{FieldError, InvalidTenant};
 use k8s_openapi::api::core::v1::ConfigMap;
 
 use super::context::BuildContext;
 use super::names::SERVICE_NAME;
+use super::network_policy::CLOSED_RANGES;
 
 /// Seconds a credential value is cached by the server before it is read again.
 pub const CREDENTIAL_TTL_SECONDS: u64 = 60;
@@ -29,7 +32,17 @@ pub(crate) fn desired_server_config(ctx: &BuildContext<'_>) -> ServerConfig {
     };
     ServerConfig {
         tenant_id: ctx.tenant_id.to_owned(),
-        allowed_hosts: allowed_hosts(&ctx.namespace, &ctx.settings.cluster_domain),
+        allowed_hosts: allowed_hosts(&ctx.namespace, &ctx.settings.cluster_domain)
+            .into_iter()
+            // Clients outside the cluster reach the server by its resource
+            // identifier, through a gateway that keeps the Host header.
+            .chain(
+                spec.auth
+                    .oauth
+                    .iter()
+                    .flat_map(|oauth| resource_hosts(&oauth.resource)),
+            )
+            .collect(),
         allowed_origins: Vec::new(),
         api_keys: secret(API_KEYS_SECRET_NAME),
         credentials: secret(CREDENTIALS_SECRET_NAME),
@@ -85,13 +98,31 @@ pub(crate) fn desired_server_config(ctx: &BuildContext<'_>) -> ServerConfig {
                     .clock_skew_seconds
                     .unwrap_or_else(default_clock_skew_seconds),
                 jwks_min_refresh_seconds: default_jwks_min_refresh_seconds(),
-                // An in-cluster issuer has a private address; the
-                // NetworkPolicy opens only the declared namespaces.
-                allow_private_issuer: oauth.issuer_network.namespace_selector.is_some(),
+                // An in-cluster issuer, or one in a private range the
+                // Tenant names, has a private address; the NetworkPolicy
+                // opens only what the Tenant declares.
+                allow_private_issuer: oauth.issuer_network.namespace_selector.is_some()
+                    || names_closed_range(&oauth.issuer_network.cidrs, &ctx.settings.cluster_cidrs),
             }),
         },
         access: spec.access.clone(),
     }
+}
+
+/// True when one of `cidrs` shares addresses with a range the
+/// NetworkPolicy keeps closed unless named ([`CLOSED_RANGES`] and the
+/// cluster's ranges): naming it is how a Tenant declares a private issuer.
+fn names_closed_range(cidrs: &[String], cluster_cidrs: &[String]) -> bool {
+    let closed: Vec<Cidr> = CLOSED_RANGES
+        .iter()
+        .copied()
+        .chain(cluster_cidrs.iter().map(String::as_str))
+        .filter_map(|c| c.parse().ok())
+        .collect();
+    cidrs
+        .iter()
+        .filter_map(|c| c.parse::<Cidr>().ok())
+        .any(|cidr| closed.iter().any(|c| c.contains(&cidr)))
 }
 
 /// Every Host a caller inside the cluster may use for the Service: the short
@@ -132,7 +163,7 @@ mod tests {
     use bulkhead_crds::tenant::{AllowRule, ConnectorType, RateLimit, ToolRateLimit};
 
     use super::*;
-    use crate::desired::fixtures::{FULL, MINIMAL, objects};
+    use crate::desired::fixtures::{FULL, MINIMAL, OAUTH, live_tenant, objects};
 
     fn server_config(yaml: &str) -> ServerConfig {
         let config_map = objects(yaml).config_map;
@@ -221,6 +252,73 @@ mod tests {
             access: vec![],
         };
         assert_eq!(server_config(FULL), expected);
+    }
+
+    #[test]
+    fn oauth_example_configures_the_resource_server_and_access() {
+        let config = server_config(OAUTH);
+        let oauth = config.auth.oauth.as_ref().unwrap();
+        assert_eq!(
+            (oauth.issuer.as_str(), oauth.resource.as_str()),
+            (
+                "https://login.example.com/realms/initech",
+                "https://mcp.example.com/initech/mcp"
+            )
+        );
+        assert_eq!(oauth.required_scopes, ["mcp:tools"]);
+        assert_eq!(
+            (oauth.caller_claim.as_str(), oauth.groups_claim.as_str()),
+            ("sub", "groups")
+        );
+        assert_eq!(oauth.tenant_claim.as_deref(), Some("tenant"));
+        assert_eq!(oauth.clock_skew_seconds, 30);
+        assert!(!oauth.allow_private_issuer, "203.0.113.10 is public");
+        assert!(config.auth.api_keys);
+        assert_eq!(config.access.len(), 2);
+        // The in-cluster names, then the resource's authority as a client
+        // outside sends it.
+        assert_eq!(
+            config.allowed_hosts[8..],
+            ["mcp.example.com", "mcp.example.com:443"]
+        );
+        assert!(
+            !server_config(FULL)
+                .allowed_hosts
+                .iter()
+                .any(|h| h.contains("example.com"))
+        );
+    }
+
+    #[test]
+    fn a_private_or_in_cluster_issuer_is_allowed_private_addresses() {
+        let mut tenant = live_tenant(OAUTH);
+        let private = |tenant: &bulkhead_crds::Tenant| {
+            let objects = crate::desired::desired_objects(tenant, &Default::default()).unwrap();
+            let yaml = &objects.config_map.data.unwrap()["server.yaml"];
+            let config: ServerConfig = yaml_serde::from_str(yaml).unwrap();
+            config.auth.oauth.unwrap().allow_private_issuer
+        };
+        let network = &mut tenant.spec.auth.oauth.as_mut().unwrap().issuer_network;
+        network.cidrs = vec!["10.20.0.0/16".into()];
+        assert!(private(&tenant));
+        let network = &mut tenant.spec.auth.oauth.as_mut().unwrap().issuer_network;
+        network.cidrs = vec!["0.0.0.0/0".into()];
+        assert!(!private(&tenant), "0.0.0.0/0 keeps private ranges closed");
+        let network = &mut tenant.spec.auth.oauth.as_mut().unwrap().issuer_network;
+        network.cidrs.clear();
+        network.namespace_selector = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                match_labels: Some(
+                    [(
+                        "kubernetes.io/metadata.name".to_owned(),
+                        "keycloak".to_owned(),
+                    )]
+                    .into(),
+                ),
+                match_expressions: None,
+            },
+        );
+        assert!(private(&tenant));
     }
 
     #[test]

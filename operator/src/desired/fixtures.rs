@@ -8,6 +8,7 @@ use crate::settings::OperatorSettings;
 /// The example Tenants shipped in `manifests/examples/`.
 pub const MINIMAL: &str = include_str!("../../../manifests/examples/minimal.yaml");
 pub const FULL: &str = include_str!("../../../manifests/examples/full.yaml");
+pub const OAUTH: &str = include_str!("../../../manifests/examples/oauth.yaml");
 /// The uid the API server would have given the Tenant.
 pub const UID: &str = "6f1d9c2e-4b1a-4a39-9d57-0c3e1f7b8a21";
 

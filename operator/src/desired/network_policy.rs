@@ -6,14 +6,17 @@
 //! - ingress: only to the MCP port, only from the namespaces the spec selects
 //!   (an empty list admits nobody);
 //! - egress: DNS to the cluster's kube-dns pods; the Kubernetes API server
-//!   (the server reads its own Secrets); and the spec's upstream ranges and
+//!   (the server reads its own Secrets); the spec's upstream ranges and
 //!   ports, minus private, link-local, loopback and cluster ranges unless the
-//!   spec names such a range itself.
+//!   spec names such a range itself; and, with `spec.auth.oauth`, the
+//!   issuer (its metadata and JWKS) where `issuerNetwork` says it is: its
+//!   ranges under the same rule, or the pods of the namespaces it selects.
 
 use std::collections::BTreeMap;
 
 use bulkhead_crds::cidr::Cidr;
 use bulkhead_crds::server_config::MCP_PORT;
+use bulkhead_crds::tenant::IssuerNetwork;
 use k8s_openapi::api::networking::v1::{
     IPBlock, NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
     NetworkPolicyPort, NetworkPolicySpec,
@@ -91,6 +94,13 @@ pub(crate) fn desired_network_policy(ctx: &BuildContext<'_>) -> NetworkPolicy {
         });
     }
 
+    if let Some(oauth) = &ctx.tenant.spec.auth.oauth {
+        egress.extend(issuer_egress_rule(
+            &oauth.issuer_network,
+            &ctx.settings.cluster_cidrs,
+        ));
+    }
+
     NetworkPolicy {
         metadata: ctx.metadata(NETWORK_POLICY_NAME, true),
         spec: Some(NetworkPolicySpec {
@@ -100,6 +110,36 @@ pub(crate) fn desired_network_policy(ctx: &BuildContext<'_>) -> NetworkPolicy {
             egress: Some(egress),
         }),
     }
+}
+
+/// Egress to the OAuth issuer: its CIDRs (closed ranges inside them
+/// excepted, as for upstreams), or the pods its namespace and pod selectors
+/// name, on its ports (default 443). `None` when it names no peer, since a
+/// rule without peers would admit every destination.
+fn issuer_egress_rule(
+    network: &IssuerNetwork,
+    cluster_cidrs: &[String],
+) -> Option<NetworkPolicyEgressRule> {
+    let peers = match &network.namespace_selector {
+        Some(namespaces) => vec![NetworkPolicyPeer {
+            namespace_selector: Some(namespaces.clone()),
+            pod_selector: network.pod_selector.clone(),
+            ip_block: None,
+        }],
+        None => upstream_peers(&network.cidrs, cluster_cidrs),
+    };
+    if peers.is_empty() {
+        return None;
+    }
+    let ports = if network.ports.is_empty() {
+        vec![DEFAULT_EGRESS_PORT]
+    } else {
+        network.ports.clone()
+    };
+    Some(NetworkPolicyEgressRule {
+        to: Some(peers),
+        ports: Some(ports.into_iter().map(tcp_port).collect()),
+    })
 }
 
 fn tcp_port(port: i32) -> NetworkPolicyPort {
@@ -200,7 +240,7 @@ fn upstream_peers(spec_cidrs: &[String], cluster_cidrs: &[String]) -> Vec<Networ
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::fixtures::{FULL, MINIMAL, objects};
+    use crate::desired::fixtures::{FULL, MINIMAL, OAUTH, objects};
 
     fn strings(values: &[&str]) -> Vec<String> {
         values.iter().map(|v| (*v).to_owned()).collect()
@@ -447,6 +487,73 @@ mod tests {
         for rule in spec.ingress.unwrap() {
             assert!(!rule.from.unwrap_or_default().is_empty());
         }
+    }
+
+    #[test]
+    fn the_issuer_is_reached_at_its_ranges_and_ports_only() {
+        let egress = objects(OAUTH).network_policy.spec.unwrap().egress.unwrap();
+        // DNS, the API server, upstreams and the issuer.
+        assert_eq!(egress.len(), 4);
+        assert_eq!(
+            egress[3],
+            NetworkPolicyEgressRule {
+                to: Some(vec![ip_block("203.0.113.10/32".into(), vec![])]),
+                ports: Some(vec![tcp_port(443)]),
+            }
+        );
+        // Without oauth there is no rule for an issuer.
+        assert_eq!(
+            objects(FULL)
+                .network_policy
+                .spec
+                .unwrap()
+                .egress
+                .unwrap()
+                .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn an_issuer_range_keeps_closed_ranges_closed_unless_named() {
+        let mut tenant = crate::desired::fixtures::live_tenant(OAUTH);
+        let network = &mut tenant.spec.auth.oauth.as_mut().unwrap().issuer_network;
+        network.cidrs = strings(&["0.0.0.0/0", "10.20.0.0/16"]);
+        network.ports = vec![8443];
+        let objects = crate::desired::desired_objects(&tenant, &Default::default()).unwrap();
+        let issuer = objects.network_policy.spec.unwrap().egress.unwrap()[3].clone();
+        assert_eq!(issuer.ports, Some(vec![tcp_port(8443)]));
+        let blocks = blocks(issuer.to.as_ref().unwrap());
+        // The named private range is open; the rest of 10.0.0.0/8 and the
+        // cloud metadata range stay closed under 0.0.0.0/0.
+        assert_eq!(blocks[1], ("10.20.0.0/16".to_owned(), vec![]));
+        assert_eq!(blocks[0].0, "0.0.0.0/0");
+        for closed in ["10.0.0.0/8", "169.254.0.0/16"] {
+            assert!(blocks[0].1.contains(&closed.to_owned()), "{blocks:?}");
+        }
+    }
+
+    #[test]
+    fn an_in_cluster_issuer_is_reached_by_namespace_and_pod_selector() {
+        let mut tenant = crate::desired::fixtures::live_tenant(OAUTH);
+        let network = &mut tenant.spec.auth.oauth.as_mut().unwrap().issuer_network;
+        network.cidrs.clear();
+        network.namespace_selector = Some(selector("kubernetes.io/metadata.name", "keycloak"));
+        network.pod_selector = Some(selector("app.kubernetes.io/name", "keycloak"));
+        network.ports = vec![8080];
+        let objects = crate::desired::desired_objects(&tenant, &Default::default()).unwrap();
+        let issuer = objects.network_policy.spec.unwrap().egress.unwrap()[3].clone();
+        assert_eq!(
+            issuer,
+            NetworkPolicyEgressRule {
+                to: Some(vec![NetworkPolicyPeer {
+                    namespace_selector: Some(selector("kubernetes.io/metadata.name", "keycloak")),
+                    pod_selector: Some(selector("app.kubernetes.io/name", "keycloak")),
+                    ip_block: None,
+                }]),
+                ports: Some(vec![tcp_port(8080)]),
+            }
+        );
     }
 
     #[test]

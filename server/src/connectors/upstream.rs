@@ -163,6 +163,41 @@ impl Resolve for GuardedResolver {
     }
 }
 
+/// A resolver that hands out only the addresses [`may_connect`] admits, for
+/// other clients of this server that must not reach what a connector may
+/// not (the OAuth issuer's metadata and JWKS).
+pub(crate) fn guarded_resolver(allow_private: bool) -> Arc<dyn Resolve> {
+    Arc::new(GuardedResolver {
+        allow_private,
+        lookup: Lookup::System,
+    })
+}
+
+/// Whether `url`'s host, when it is an address literal (which reqwest dials
+/// without asking the resolver), may be connected to. Names pass here and
+/// are judged by [`guarded_resolver`].
+pub(crate) fn literal_host_allowed(url: &Url, allow_private: bool) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => may_connect(IpAddr::V4(ip), allow_private),
+        Some(url::Host::Ipv6(ip)) => may_connect(IpAddr::V6(ip), allow_private),
+        Some(url::Host::Domain(_)) => true,
+        None => false,
+    }
+}
+
+/// Whether a request failed because the guarded resolver refused every
+/// address of the host.
+pub(crate) fn refused_by_resolver(error: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if e.is::<TargetRefused>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 /// One connector's view of its upstream.
 #[derive(Clone)]
 pub struct Upstream {

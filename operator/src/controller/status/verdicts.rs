@@ -42,7 +42,7 @@ pub fn converged(
                 ),
             ),
             credentials(tenant, objects, ns),
-            server(deployment, ns),
+            server(tenant, deployment, ns),
         ],
         ready: None,
     }
@@ -73,8 +73,12 @@ fn credentials(tenant: &Tenant, objects: &TenantObjects, ns: &str) -> Verdict {
     )
 }
 
-/// ServerAvailable from the Deployment's own `Available` condition.
-fn server(deployment: &Deployment, ns: &str) -> Verdict {
+/// ServerAvailable from the Deployment's own `Available` condition. With
+/// `spec.auth.oauth`, a server that is not available names the issuer: its
+/// pods are ready only once they have read the issuer's metadata and JWKS,
+/// so an issuer the NetworkPolicy or DNS keeps out of reach is the usual
+/// cause.
+fn server(tenant: &Tenant, deployment: &Deployment, ns: &str) -> Verdict {
     let name = deployment.name_any();
     let wanted = deployment
         .spec
@@ -109,7 +113,20 @@ fn server(deployment: &Deployment, ns: &str) -> Verdict {
             )
         })
         .unwrap_or_default();
-    let hint = format!("see `kubectl -n {ns} describe deployment {name}` and the pods' events");
+    let issuer = tenant
+        .spec
+        .auth
+        .oauth
+        .as_ref()
+        .map(|oauth| {
+            format!(
+                "; server pods become ready only after reading the metadata and JWKS of the issuer {}: check that spec.auth.oauth.issuerNetwork names where it is",
+                oauth.issuer
+            )
+        })
+        .unwrap_or_default();
+    let hint =
+        format!("see `kubectl -n {ns} describe deployment {name}` and the pods' events{issuer}");
     match available_condition {
         Some(c) if c.status == "True" && rolled_out => Verdict::new(
             SERVER_AVAILABLE,
@@ -263,7 +280,8 @@ mod tests {
             }),
             ..Deployment::default()
         };
-        let verdict = server(&deployment, "bulkhead-acme");
+        let tenant = Tenant::new("acme", Default::default());
+        let verdict = server(&tenant, &deployment, "bulkhead-acme");
         assert_eq!(verdict.status, Truth::False);
         assert!(verdict.message.contains(refused), "{}", verdict.message);
 
@@ -275,11 +293,53 @@ mod tests {
                 "Deployment does not have minimum availability.",
             )]);
         }
-        let verdict = server(&deployment, "bulkhead-acme");
+        let verdict = server(&tenant, &deployment, "bulkhead-acme");
         assert!(
             !verdict.message.contains("cannot be created"),
             "{}",
             verdict.message
         );
+    }
+
+    fn unavailable(available: &str) -> Deployment {
+        Deployment {
+            spec: Some(DeploymentSpec {
+                replicas: Some(2),
+                ..DeploymentSpec::default()
+            }),
+            status: Some(DeploymentStatus {
+                conditions: Some(vec![condition(
+                    "Available",
+                    available,
+                    "Deployment does not have minimum availability.",
+                )]),
+                ..DeploymentStatus::default()
+            }),
+            ..Deployment::default()
+        }
+    }
+
+    #[test]
+    fn a_server_that_is_not_available_names_the_oauth_issuer() {
+        let tenant: Tenant =
+            yaml_serde::from_str(include_str!("../../../../manifests/examples/oauth.yaml"))
+                .unwrap();
+        const ISSUER: &str = "the issuer https://login.example.com/realms/initech";
+        // Unavailable, and still rolling out (no Available condition yet).
+        for deployment in [unavailable("False"), Deployment::default()] {
+            let verdict = server(&tenant, &deployment, "bulkhead-initech");
+            assert_eq!(verdict.status, Truth::False);
+            assert!(
+                verdict.message.contains(ISSUER)
+                    && verdict.message.contains("metadata and JWKS")
+                    && verdict.message.contains("spec.auth.oauth.issuerNetwork"),
+                "{}",
+                verdict.message
+            );
+        }
+        // Without oauth there is no issuer to name.
+        let plain = Tenant::new("acme", Default::default());
+        let verdict = server(&plain, &unavailable("False"), "bulkhead-acme");
+        assert!(!verdict.message.contains("issuer"), "{}", verdict.message);
     }
 }
