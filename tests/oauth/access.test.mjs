@@ -104,9 +104,10 @@ const NOTES = ['notes_request', { path: '/notes/1' }];
 const ADMIN = ['admin_request', { path: '/admin/1' }];
 const UNKNOWN = ['no_such_tool', {}];
 
-/** The audit line of the last `tools/call` of `tool` by `caller`. */
-function lastCall(caller, tool) {
-  return server.audit().filter((l) => l.method === 'tools/call' && l.tool === tool && l.caller === caller).at(-1);
+/** The audit line of the last `tools/call` of `tool` by `caller` (waits for the writer). */
+async function lastCall(caller, tool) {
+  const lines = await server.auditWhere((l) => l.method === 'tools/call' && l.tool === tool && l.caller === caller);
+  return lines.at(-1);
 }
 
 describe('per-caller tool access', () => {
@@ -122,12 +123,12 @@ describe('per-caller tool access', () => {
       assert.ok(results.admin_request.error, 'the call to a tool not allowed is a JSON-RPC error');
       assert.deepEqual(results.admin_request.error, results.no_such_tool.error, 'the same error as for a tool that does not exist');
 
-      const refused = lastCall(id, 'admin_request');
+      const refused = await lastCall(id, 'admin_request');
       assert.ok(refused, 'the refused call is audited with caller and tool');
       assert.equal(refused.auth, auth);
       assert.equal(refused.outcome, 'forbidden');
       assert.equal(refused.upstream_status ?? null, null, 'the upstream was not called');
-      assert.equal(lastCall(id, 'notes_request')?.outcome, 'ok');
+      assert.equal((await lastCall(id, 'notes_request')).outcome, 'ok');
     });
   }
 
@@ -135,7 +136,7 @@ describe('per-caller tool access', () => {
     const { names, results } = await useAs(ADMIN_BOT, [ADMIN]);
     assert.deepEqual(names, ['admin_request', 'notes_request', 'whoami']);
     assert.deepEqual(results.admin_request.result?.structuredContent, { status: 200, data: { path: '/admin/1' } });
-    assert.equal(lastCall('admin-bot', 'admin_request')?.auth, 'oauth');
+    assert.equal((await lastCall('admin-bot', 'admin_request')).auth, 'oauth');
   });
 
   test('the API-key caller ops and the token caller ops are different callers', async () => {
@@ -146,7 +147,7 @@ describe('per-caller tool access', () => {
     const byToken = await useAs(OPS_TOKEN, [ADMIN]);
     assert.deepEqual(byToken.names, [], 'no rule names the token subject ops');
     assert.ok(byToken.results.admin_request.error);
-    const lines = server.audit().filter((l) => l.method === 'tools/call' && l.caller === 'ops');
+    const lines = await server.auditWhere((l) => l.method === 'tools/call' && l.caller === 'ops', 2);
     assert.deepEqual(lines.map((l) => [l.auth, l.outcome]), [['api_key', 'ok'], ['oauth', 'forbidden']]);
   });
 
@@ -154,6 +155,6 @@ describe('per-caller tool access', () => {
     const { names, results } = await useAs({ apiKey: apiKeys.carol.key }, [['whoami', {}]]);
     assert.deepEqual(names, []);
     assert.ok(results.whoami.error);
-    assert.equal(lastCall('carol', 'whoami')?.outcome, 'forbidden');
+    assert.equal((await lastCall('carol', 'whoami')).outcome, 'forbidden');
   });
 });

@@ -71,9 +71,6 @@ before(async () => {
     port: portB,
   });
   metadataUrlAlpha = `http://127.0.0.1:${portA}/.well-known/oauth-protected-resource/mcp`;
-  if (alpha.hostAdded) {
-    console.log('# note: the rendered allowedHosts lacked the resource authority; the test added it');
-  }
 }, { timeout: 60_000 });
 
 after(async () => {
@@ -155,8 +152,8 @@ describe('discovery with the official SDK client', () => {
     assert.ok(exchanges.indexOf(prm) < exchanges.indexOf(tokenRequest));
     assert.ok(exchanges.some((e) => e.url === alpha.url && e.status === 200 && exchanges.indexOf(e) > exchanges.indexOf(tokenRequest)));
 
-    const call = alpha.audit().find((l) => l.method === 'tools/call' && l.tool === 'whoami');
-    assert.equal(call?.caller, 'agent');
+    const [call] = await alpha.auditWhere((l) => l.method === 'tools/call' && l.tool === 'whoami');
+    assert.equal(call.caller, 'agent');
     assert.equal(call.auth, 'oauth');
     assert.equal(call.tenant, 'alpha');
   });
@@ -165,6 +162,7 @@ describe('discovery with the official SDK client', () => {
     const token = await tokenFor(AGENT, alpha.url);
     const res = await mcpRequest(alpha.url, { token });
     assert.equal(res.status, 200);
+    assert.equal((await alpha.auditFor(res.headers.get('x-request-id'))).caller, 'agent');
     const signature = token.split('.')[2];
     const everything = JSON.stringify(alpha.audit()) + alpha.log();
     assert.ok(!everything.includes(signature), 'the token signature appears nowhere');

@@ -58,13 +58,11 @@ export const resourceFor = (port) => `http://127.0.0.1:${port}/mcp`;
  * Starts bulkhead-server for `tenant` on `port`, from the rendered
  * configuration. Only what cannot exist outside a cluster is rewritten:
  * - the Secret sources (API keys, credentials) become local files;
- * - `allowPrivateTargets` of the connectors, which the operator never sets
- *   (in a cluster the NetworkPolicy decides egress), since the suite's
- *   upstream is on loopback;
- * - the resource's host:port is added to `allowedHosts` if the rendered
- *   configuration does not list it yet: clients send the resource's
- *   authority as Host, and the operator is to add it to the rendered list.
- *   `hostAdded` says whether the test had to.
+ * - with `privateUpstreams`, `allowPrivateTargets` of the connectors, which
+ *   the operator never sets (in a cluster the NetworkPolicy decides egress),
+ *   since the suite's upstream is on loopback.
+ * The rendered `allowedHosts` must already hold the resource's host:port,
+ * the Host clients send.
  *
  * apiKeys: {callerId: hash}. Waits until /readyz answers 200, or with
  * `waitReady: false` only until the server listens.
@@ -81,8 +79,9 @@ export async function startServer({ tenant, port, apiKeys = {}, privateUpstreams
     for (const connector of config.connectors ?? []) connector.allowPrivateTargets = true;
   }
   const authority = `127.0.0.1:${port}`;
-  const hostAdded = !config.allowedHosts.includes(authority);
-  if (hostAdded) config.allowedHosts.push(authority);
+  if (!config.allowedHosts.includes(authority)) {
+    throw new Error(`the rendered allowedHosts ${JSON.stringify(config.allowedHosts)} lack the resource's ${authority}`);
+  }
   writeFileSync(path.join(dir, 'server.yaml'), YAML.stringify(config));
 
   const readyFile = path.join(dir, 'ready.json');
@@ -154,20 +153,24 @@ export async function startServer({ tenant, port, apiKeys = {}, privateUpstreams
     url: resourceFor(port),
     adminUrl: `http://${admin}`,
     config,
-    hostAdded,
     log,
     audit,
     /** The audit line of one request (by its x-request-id), waiting briefly for the writer. */
-    auditFor: async (requestId) => {
-      for (let i = 0; i < 50; i += 1) {
-        const line = audit().find((l) => l.request_id === requestId);
-        if (line) return line;
-        await new Promise((resolve) => setTimeout(resolve, 50));
-      }
-      throw new Error(`no audit line for request ${requestId}:\n${stdout}`);
-    },
+    auditFor: (requestId) => waitForLines(audit, (l) => l.request_id === requestId, 1).then((lines) => lines[0]),
+    /** The audit lines matching `predicate` once there are at least `count`, waiting briefly. */
+    auditWhere: (predicate, count = 1) => waitForLines(audit, predicate, count),
     stop,
   };
+}
+
+/** The audit is written by its own thread: waits up to 5 s for `count` matching lines. */
+async function waitForLines(audit, predicate, count) {
+  for (let i = 0; i < 100; i += 1) {
+    const lines = audit().filter(predicate);
+    if (lines.length >= count) return lines;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  throw new Error(`fewer than ${count} matching audit line(s) after 5 s:\n${JSON.stringify(audit(), null, 1)}`);
 }
 
 /**
