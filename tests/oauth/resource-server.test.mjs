@@ -234,6 +234,8 @@ describe('refusals', () => {
 describe('signing keys', () => {
   test('the issuer rotates its key: new tokens work without a restart', async () => {
     const rotated = await generateSigningKey('key-2');
+    const fetchesBefore = issuer.jwksRequests();
+    const started = Date.now();
     issuer.rotate(rotated);
     const token = await tokenFor(AGENT, alpha.url);
     assert.equal(jose.decodeProtectedHeader(token).kid, 'key-2');
@@ -247,6 +249,8 @@ describe('signing keys', () => {
       res = await mcpRequest(alpha.url, { token });
     }
     assert.equal(res.status, 200, 'a token signed with the rotated key is accepted');
+    assert.ok(issuer.jwksRequests() > fetchesBefore, 'the server fetched the JWKS again');
+    console.log(`# rotation: the new key was accepted after ${((Date.now() - started) / 1000).toFixed(1)} s`);
   });
 
   test('unknown kid, and a flood of them fetches the JWKS at most at the configured rate', async () => {
