@@ -56,7 +56,13 @@ if [ -z "$node_bin" ]; then
 fi
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/bulkhead-oauth.XXXXXX")"
-trap 'rm -rf "$work"' EXIT
+# The tests stop their servers themselves; should node die first, no server
+# started from this run's private binaries outlives it.
+cleanup() {
+  pkill -KILL -f "^$work/bin/" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
 mkdir -p "$work/bin"
 
 target_dir="${CARGO_TARGET_DIR:-target}"

@@ -103,9 +103,15 @@ export async function startServer({ tenant, port, apiKeys = {}, privateUpstreams
     appendFileSync(auditFile, chunk);
   });
   child.stderr.on('data', (chunk) => appendFileSync(logFile, chunk));
+  // Should the test process end without stopping the server, take it along.
+  const killOnExit = () => child.kill('SIGKILL');
+  process.once('exit', killOnExit);
   const exited = new Promise((resolve) => child.once('exit', resolve));
   let done = false;
-  exited.then(() => { done = true; });
+  exited.then(() => {
+    done = true;
+    process.removeListener('exit', killOnExit);
+  });
 
   const stop = async () => {
     if (!done) {
