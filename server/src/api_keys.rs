@@ -178,20 +178,6 @@ impl ApiKeyStore {
             _ => Err(AuthFailure::Invalid),
         }
     }
-
-    /// Verifies an `Authorization` header value (`Bearer <key>`).
-    pub fn verify_authorization(&self, header: Option<&str>) -> Result<CallerId, AuthFailure> {
-        let header = header.ok_or(AuthFailure::Missing)?;
-        let (scheme, key) = header.split_once(' ').ok_or(AuthFailure::Missing)?;
-        if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err(AuthFailure::Missing);
-        }
-        let key = key.trim();
-        if key.is_empty() {
-            return Err(AuthFailure::Missing);
-        }
-        self.verify(key)
-    }
 }
 
 /// The text `keygen` prints: the key once, and the entry to store.
@@ -256,18 +242,6 @@ mod tests {
         assert_eq!(
             store.verify(&generate_api_key().unwrap()),
             Err(AuthFailure::Invalid)
-        );
-        assert_eq!(
-            store
-                .verify_authorization(Some(&format!("Bearer {key}")))
-                .unwrap()
-                .as_str(),
-            "alice"
-        );
-        assert_eq!(store.verify_authorization(None), Err(AuthFailure::Missing));
-        assert_eq!(
-            store.verify_authorization(Some(&format!("Basic {key}"))),
-            Err(AuthFailure::Missing)
         );
         // The stored hash itself is not a key.
         assert_eq!(store.verify(&hash_api_key(&key)), Err(AuthFailure::Invalid));

@@ -117,3 +117,74 @@ fn bearer_value(headers: &HeaderMap) -> Option<&str> {
     let value = value.trim();
     (scheme.eq_ignore_ascii_case("bearer") && !value.is_empty()).then_some(value)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api_keys::{generate_api_key, hash_api_key};
+    use crate::identity::AuthMethod;
+    use axum::http::HeaderValue;
+    use secrecy::SecretString;
+
+    fn headers(authorization: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(value) = authorization {
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_str(value).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn only_a_non_empty_bearer_value_is_taken() {
+        assert_eq!(bearer_value(&headers(Some("Bearer abc"))), Some("abc"));
+        assert_eq!(bearer_value(&headers(Some("bearer  abc "))), Some("abc"));
+        assert_eq!(bearer_value(&headers(Some("Basic abc"))), None);
+        assert_eq!(bearer_value(&headers(Some("Bearer "))), None);
+        assert_eq!(bearer_value(&headers(None)), None);
+    }
+
+    #[tokio::test]
+    async fn api_key_callers_are_qualified_and_failures_are_told_apart() {
+        let key = generate_api_key().unwrap();
+        let store = ApiKeyStore::default();
+        store.replace(
+            &[("alice".to_owned(), SecretString::from(hash_api_key(&key)))]
+                .into_iter()
+                .collect(),
+        );
+        let auth = Authenticator {
+            api_keys: Some(store),
+            ..Authenticator::default()
+        };
+        let (caller, grants) = auth
+            .authenticate(&headers(Some(&format!("Bearer {key}"))))
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!(caller, CallerId::api_key("alice"));
+        assert_eq!(caller.method(), AuthMethod::ApiKey);
+        assert_eq!(*grants, TokenGrants::default());
+        let refused = |result: Result<Authenticated, AuthRefusal>| match result {
+            Err(AuthRefusal {
+                refusal: Refusal::Unauthenticated { failure, challenge },
+                caller: None,
+            }) => (failure, challenge.is_some()),
+            _ => panic!("not refused as unauthenticated"),
+        };
+        assert_eq!(
+            refused(auth.authenticate(&headers(None)).await),
+            (AuthFailure::Missing, false)
+        );
+        assert_eq!(
+            refused(auth.authenticate(&headers(Some("Bearer a.b.c"))).await),
+            (AuthFailure::Invalid, false),
+            "without OAuth a JWT-shaped value is just an unknown key"
+        );
+        let anonymous = Authenticator {
+            anonymous: true,
+            ..Authenticator::default()
+        };
+        let (caller, _) = anonymous.authenticate(&headers(None)).await.ok().unwrap();
+        assert_eq!(caller.method(), AuthMethod::None);
+    }
+}
