@@ -24,10 +24,13 @@ let issuer;
 let upstream;
 let server;
 const apiKeys = {};
+const upstreamHeaders = [];
 
 before(async () => {
-  // The upstream both http connectors call; it answers with what it was asked.
+  // The upstream both http connectors call; it answers with what it was
+  // asked and keeps the headers it received.
   upstream = http.createServer((req, res) => {
+    upstreamHeaders.push(req.headers);
     res.setHeader('content-type', 'application/json');
     res.end(JSON.stringify({ path: req.url }));
   });
@@ -131,6 +134,16 @@ describe('per-caller tool access', () => {
       assert.equal((await lastCall(id, 'notes_request')).outcome, 'ok');
     });
   }
+
+  test("the caller's bearer value never reaches the upstream", async () => {
+    const seen = upstreamHeaders.length;
+    const { results } = await useAs(READER, [NOTES]);
+    assert.equal(results.notes_request.result?.isError ?? false, false);
+    assert.equal(upstreamHeaders.length, seen + 1);
+    const headers = upstreamHeaders.at(-1);
+    assert.equal(headers.authorization, undefined, 'no credential is configured, so none is sent');
+    assert.ok(!JSON.stringify(headers).includes('eyJ'), 'no JWT in any upstream header');
+  });
 
   test('a token caller in the admins group uses every tool', async () => {
     const { names, results } = await useAs(ADMIN_BOT, [ADMIN]);
