@@ -27,6 +27,7 @@ pub mod connectors;
 pub mod credentials;
 pub mod handler;
 pub mod identity;
+pub mod jsonrpc;
 pub mod metrics;
 pub mod origin_policy;
 pub mod rate_limit;

@@ -156,6 +156,15 @@ fn write_keys(dir: &Path, keys: &[(&str, &str)]) {
     write_map(&dir.join("keys.yaml"), &refs);
 }
 
+/// The server binary: `BULKHEAD_SERVER_BIN` if set (a copy that a shared
+/// target directory cannot overwrite mid-run), else the one Cargo built.
+pub fn server_bin() -> PathBuf {
+    std::env::var_os("BULKHEAD_SERVER_BIN").map_or_else(
+        || env!("CARGO_BIN_EXE_bulkhead-server").into(),
+        PathBuf::from,
+    )
+}
+
 /// A running `bulkhead-server`.
 pub struct TestServer {
     child: Child,
@@ -180,7 +189,7 @@ impl TestServer {
         write_map(&dir.0.join("credentials.yaml"), credentials);
         write_keys(&dir.0, keys);
         let ready_file = dir.0.join("ready.json");
-        let child = Command::new(env!("CARGO_BIN_EXE_bulkhead-server"))
+        let child = Command::new(server_bin())
             .arg("--config")
             .arg(dir.0.join("server.yaml"))
             .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
