@@ -28,6 +28,7 @@ pub mod credentials;
 pub mod handler;
 pub mod identity;
 pub mod jsonrpc;
+pub mod logging;
 pub mod metrics;
 pub mod origin_policy;
 pub mod rate_limit;
