@@ -23,6 +23,7 @@ pub mod app;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod connectors;
 pub mod credentials;
 pub mod handler;

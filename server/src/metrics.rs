@@ -7,6 +7,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -62,6 +63,10 @@ pub struct Metrics {
     pub rate_limited: Family<RateLimitLabels, Counter>,
     /// Upstream failures.
     pub upstream_errors: Family<UpstreamLabels, Counter>,
+    /// Connections open now, on both listeners.
+    pub connections_open: Gauge,
+    /// Connections closed at once because `limits.maxConnections` were open.
+    pub connections_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -100,8 +105,22 @@ impl Default for Metrics {
             "Failed upstream calls by connector and kind",
             upstream_errors.clone(),
         );
+        let connections_open = Gauge::default();
+        registry.register(
+            "connections_open",
+            "Connections open now",
+            connections_open.clone(),
+        );
+        let connections_refused = Counter::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because the connection limit was reached",
+            connections_refused.clone(),
+        );
         Self {
             registry,
+            connections_open,
+            connections_refused,
             requests,
             tool_duration,
             auth_failures,

@@ -247,6 +247,11 @@ impl TestServer {
         panic!("server never became ready: {}", server.stderr());
     }
 
+    /// The server's process id (for `/proc/<pid>/...`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.0.join("stderr.log")).unwrap_or_default()
     }
