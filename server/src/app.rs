@@ -211,6 +211,7 @@ impl Server {
         tracing::info!(tenant = %self.tenant, mcp = %format!("http://{mcp_addr}/mcp"), admin = %admin_addr, "serving");
         let stop_accepting = CancellationToken::new();
         let mcp_server = tokio::spawn(connections::serve(
+            "mcp",
             mcp_listener,
             self.router(),
             self.connection_limits.clone(),
@@ -218,6 +219,7 @@ impl Server {
             stop_accepting.clone(),
         ));
         let admin_server = tokio::spawn(connections::serve(
+            "admin",
             admin_listener,
             self.admin_router(),
             self.connection_limits.clone(),

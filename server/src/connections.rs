@@ -30,7 +30,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use crate::metrics::Metrics;
+use crate::metrics::{ListenerLabels, Metrics};
+use prometheus_client::metrics::gauge::Gauge;
 
 /// A connection that was told to close gets this long to finish what it
 /// is writing before it is dropped.
@@ -69,14 +70,17 @@ impl From<&TransportLimits> for ConnectionLimits {
 
 /// Serves `router` on `listener` until `stop` fires; then stops accepting,
 /// asks every connection to close once its requests are answered, and
-/// returns when all have closed.
+/// returns when all have closed. `name` labels the listener's connection
+/// metrics (`mcp` or `admin`).
 pub async fn serve(
+    name: &'static str,
     listener: TcpListener,
     router: axum::Router,
     limits: ConnectionLimits,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
+    let labels = ListenerLabels { listener: name };
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let builder = Arc::new(connection_builder(&limits));
     loop {
@@ -92,7 +96,7 @@ pub async fn serve(
             },
         };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            metrics.connections_refused.inc();
+            metrics.connections_refused.get_or_create(&labels).inc();
             drop(stream);
             continue;
         };
@@ -104,7 +108,7 @@ pub async fn serve(
             router.clone(),
             builder.clone(),
             limits.clone(),
-            metrics.clone(),
+            metrics.connections_open.get_or_create(&labels).clone(),
             stop.clone(),
         );
         tokio::spawn(async move {
@@ -140,10 +144,10 @@ async fn serve_connection(
     router: axum::Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
     limits: ConnectionLimits,
-    metrics: Arc<Metrics>,
+    open: Gauge,
     stop: CancellationToken,
 ) {
-    metrics.connections_open.inc();
+    open.inc();
     let activity = Activity::default();
     let service = {
         let activity = activity.clone();
@@ -174,7 +178,7 @@ async fn serve_connection(
             let _ = tokio::time::timeout(CLOSE_GRACE, connection).await;
         }
     }
-    metrics.connections_open.dec();
+    open.dec();
 }
 
 /// Requests in flight on one connection and when the last one began or

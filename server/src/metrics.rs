@@ -50,6 +50,13 @@ pub struct UpstreamLabels {
     pub kind: &'static str,
 }
 
+/// Labels of the connection metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `mcp` or `admin`.
+    pub listener: &'static str,
+}
+
 /// All metrics of the server.
 pub struct Metrics {
     registry: Registry,
@@ -63,10 +70,11 @@ pub struct Metrics {
     pub rate_limited: Family<RateLimitLabels, Counter>,
     /// Upstream failures.
     pub upstream_errors: Family<UpstreamLabels, Counter>,
-    /// Connections open now, on both listeners.
-    pub connections_open: Gauge,
-    /// Connections closed at once because `limits.maxConnections` were open.
-    pub connections_refused: Counter,
+    /// Connections open now, by listener.
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    /// Connections closed at once because `limits.maxConnections` were
+    /// open, by listener.
+    pub connections_refused: Family<ListenerLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -105,16 +113,16 @@ impl Default for Metrics {
             "Failed upstream calls by connector and kind",
             upstream_errors.clone(),
         );
-        let connections_open = Gauge::default();
+        let connections_open = Family::<ListenerLabels, Gauge>::default();
         registry.register(
             "connections_open",
-            "Connections open now",
+            "Connections open now, by listener",
             connections_open.clone(),
         );
-        let connections_refused = Counter::default();
+        let connections_refused = Family::<ListenerLabels, Counter>::default();
         registry.register(
             "connections_refused",
-            "Connections closed at once because the connection limit was reached",
+            "Connections closed at once because the listener's connection limit was reached",
             connections_refused.clone(),
         );
         Self {

@@ -62,7 +62,9 @@ struct Sample {
 
 /// The legitimate caller: on its own thread and runtime (so the attack's
 /// client tasks do not delay it), one client (so one kept-alive
-/// connection), a `whoami` call every 20 ms until `stop`.
+/// connection), a `whoami` call every 5 ms until `stop` (a few hundred
+/// samples per attack, so one scheduling hiccup on a shared machine is not
+/// the p99).
 fn legitimate_caller(
     url: String,
     key: String,
@@ -78,8 +80,8 @@ fn legitimate_caller(
         runtime.block_on(async move {
             let client = http();
             let body = call_body(1, "whoami", json!({}));
-            // Bounded: at most 10 minutes of 20 ms steps.
-            for _ in 0..30_000 {
+            // Bounded: at most 10 minutes of 5 ms steps.
+            for _ in 0..120_000 {
                 if stop.is_cancelled() {
                     return;
                 }
@@ -104,7 +106,7 @@ fn legitimate_caller(
                     latency: started.elapsed(),
                     ok,
                 });
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
             }
         });
     });
@@ -190,13 +192,26 @@ async fn slowloris(mut stream: TcpStream) -> Option<Duration> {
 
 async fn unfinished_headers(mut stream: TcpStream) -> Option<Duration> {
     let opened = Instant::now();
-    let mut head = b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ".to_vec();
-    // More than hyper's default read buffer limit (about 400 KB), which
-    // 800 connections would hold in memory: past the pod limit.
-    head.resize(400 * 1024, b'a');
-    // The server stops reading past its header limit; the write then fails
-    // or stalls, which is the point.
-    let _ = tokio::time::timeout(ATTACK_BOUND, stream.write_all(&head)).await;
+    if stream
+        .write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
+        .await
+        .is_err()
+    {
+        return Some(opened.elapsed());
+    }
+    // 400 KB of one header value in 16 KB pieces, 20 ms apart: more than
+    // hyper's default read buffer limit (about 400 KB), which 800 such
+    // connections would hold in memory, past the pod limit.
+    let piece = [b'a'; 16 * 1024];
+    for _ in 0..25 {
+        tokio::select! {
+            closed = until_closed(&mut stream, opened) => return closed,
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+        if stream.write_all(&piece).await.is_err() {
+            return Some(opened.elapsed());
+        }
+    }
     until_closed(&mut stream, opened).await
 }
 
@@ -253,8 +268,10 @@ async fn connection_attacks_neither_lock_out_callers_nor_exhaust_the_server() {
         idle_count >= 20 && idle_failures == 0,
         "{idle_count} {idle_failures}"
     );
-    // A small multiple of the idle p99, with a floor for timer jitter.
-    let bound = (idle_p99 * 5).max(Duration::from_millis(100));
+    // A small multiple of the idle p99, with a floor for scheduling jitter
+    // on a 2-core machine that the attack's own client shares. Without the
+    // limits the failure is a lock-out: calls that fail or take seconds.
+    let bound = (idle_p99 * 10).max(Duration::from_millis(150));
     eprintln!("idle: p99 {idle_p99:?} over {idle_count} calls; bound {bound:?}");
 
     let fd_peak = Arc::new(AtomicUsize::new(0));
@@ -301,7 +318,7 @@ async fn connection_attacks_neither_lock_out_callers_nor_exhaust_the_server() {
         assert_eq!(still_open, 0, "{name}: connections the server never closed");
         assert!(longest <= CLOSED_WITHIN, "{name}: held {longest:?}");
         assert_eq!(failures, 0, "{name}: the legitimate caller failed");
-        assert!(calls >= 20, "{name}: only {calls} calls");
+        assert!(calls >= 10, "{name}: only {calls} calls");
         assert!(
             attack_p99 <= bound,
             "{name}: p99 {attack_p99:?} > {bound:?}"
@@ -316,7 +333,10 @@ async fn connection_attacks_neither_lock_out_callers_nor_exhaust_the_server() {
     let peak_rss = proc_status_kib(pid, "VmHWM:") * 1024;
     let fd_peak = fd_peak.load(Ordering::Relaxed);
     let metrics = server.metrics().await;
-    let refused = metric(&metrics, "bulkhead_connections_refused_total");
+    let refused = metric(
+        &metrics,
+        "bulkhead_connections_refused_total{listener=\"mcp\"}",
+    );
     eprintln!(
         "server: peak RSS {} MiB, peak open fds {fd_peak}, {refused} connections refused",
         peak_rss >> 20
@@ -380,4 +400,62 @@ async fn the_caller_limit_is_checked_before_the_body_is_read() {
     assert!(text.starts_with("HTTP/1.1 429"), "{text}");
     assert!(started.elapsed() < Duration::from_secs(2));
     drop(slow);
+}
+
+/// After one request, an HTTP/1 keep-alive connection and an HTTP/2
+/// connection are both closed once idle, and a new request still works.
+#[tokio::test]
+async fn idle_http1_and_http2_connections_are_closed() {
+    let key = generate_api_key().unwrap();
+    let server = TestServer::start(
+        "idle-connections",
+        &server_config(""),
+        &[("alice", &key)],
+        &[("token", "t")],
+        &[],
+    )
+    .await;
+    let open = || async {
+        metric(
+            &server.metrics().await,
+            "bulkhead_connections_open{listener=\"mcp\"}",
+        )
+    };
+    for http2 in [false, true] {
+        let mut builder = reqwest::Client::builder().no_proxy();
+        if http2 {
+            builder = builder.http2_prior_knowledge();
+        }
+        let client = builder.build().unwrap();
+        let send = || {
+            client
+                .post(&server.mcp_url)
+                .bearer_auth(&key)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .body(call_body(1, "whoami", json!({})))
+                .send()
+        };
+        let response = send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let expected = if http2 {
+            reqwest::Version::HTTP_2
+        } else {
+            reqwest::Version::HTTP_11
+        };
+        assert_eq!(response.version(), expected);
+        assert_eq!(open().await, 1.0, "http2: {http2}");
+        // Idle timeout 3 s (HTTP/1 may close earlier, at the 2 s header
+        // timeout for the next request); bounded wait.
+        let started = Instant::now();
+        while open().await > 0.0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(8),
+                "http2: {http2}: idle connection still open"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!("http2: {http2}: closed after {:?}", started.elapsed());
+        assert_eq!(send().await.unwrap().status(), 200, "http2: {http2}");
+    }
 }
