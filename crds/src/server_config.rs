@@ -7,7 +7,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::tenant::{AllowRule, ConnectorType, RateLimit, ToolRateLimit};
+use crate::tenant::{
+    AccessRule, AllowRule, ConnectorType, RateLimit, SigningAlgorithm, ToolRateLimit,
+};
 
 /// Name of the Secret, in the tenant's namespace, that holds the upstream
 /// credentials (created by the platform team, never read by the operator).
@@ -63,6 +65,101 @@ pub struct ServerConfig {
     /// Transport limits.
     #[serde(default)]
     pub limits: TransportLimits,
+    /// How callers authenticate (default: API keys only).
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Which callers may use which tools (`spec.access`); empty: every
+    /// authenticated caller may use every tool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access: Vec<AccessRule>,
+}
+
+/// How callers authenticate to this server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Accept API keys from the `apiKeys` source.
+    #[serde(default = "default_true")]
+    pub api_keys: bool,
+    /// Accept OAuth 2.1 access tokens; unset: none are accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<OAuthConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            api_keys: true,
+            oauth: None,
+        }
+    }
+}
+
+/// The server as an OAuth 2.1 resource server; the operator fills every
+/// field from `spec.auth.oauth`, defaults applied.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OAuthConfig {
+    /// Issuer identifier of the authorization server (RFC 8414).
+    pub issuer: String,
+    /// This server's resource identifier (RFC 8707); required in `aud`.
+    pub resource: String,
+    /// Scopes every token must carry.
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// Claim naming the caller.
+    #[serde(default = "default_caller_claim")]
+    pub caller_claim: String,
+    /// Claim listing the caller's groups or roles.
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+    /// Claim that must equal the tenant id, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_claim: Option<String>,
+    /// Accepted signing algorithms (asymmetric only).
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<SigningAlgorithm>,
+    /// Allowed clock skew for `exp` and `nbf`, in seconds.
+    #[serde(default = "default_clock_skew_seconds")]
+    pub clock_skew_seconds: u32,
+    /// Smallest interval between two JWKS fetches caused by an unknown
+    /// `kid`, in seconds, so a flood of bogus key ids cannot hammer the
+    /// issuer.
+    #[serde(default = "default_jwks_min_refresh_seconds")]
+    pub jwks_min_refresh_seconds: u64,
+    /// Permit private addresses (an in-cluster issuer) for the issuer's
+    /// metadata and JWKS; cloud metadata addresses stay refused.
+    #[serde(default)]
+    pub allow_private_issuer: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Default caller claim: `sub` (RFC 9068 section 2.2).
+pub fn default_caller_claim() -> String {
+    "sub".to_owned()
+}
+
+/// Default groups claim: `groups` (RFC 9068 section 2.2.3.1 / SCIM).
+pub fn default_groups_claim() -> String {
+    "groups".to_owned()
+}
+
+/// Default accepted algorithms: RS256 (required by RFC 9068) and ES256.
+pub fn default_algorithms() -> Vec<SigningAlgorithm> {
+    vec![SigningAlgorithm::RS256, SigningAlgorithm::ES256]
+}
+
+/// Default clock skew, in seconds.
+pub fn default_clock_skew_seconds() -> u32 {
+    60
+}
+
+/// Default smallest interval between unknown-`kid` JWKS fetches, in seconds.
+pub fn default_jwks_min_refresh_seconds() -> u64 {
+    30
 }
 
 /// Where a set of secret values comes from.

@@ -68,6 +68,16 @@ pub struct TenantSpec {
     /// What happens to the namespace when the Tenant is deleted.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+    /// How callers prove who they are: API keys, OAuth 2.1 access tokens
+    /// from the tenant's authorization server, or both.
+    #[serde(default)]
+    pub auth: AuthSpec,
+    /// Which callers may use which tools. No rule means every authenticated
+    /// caller may use every tool; with rules, a caller may use a tool only if
+    /// a rule names both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub access: Vec<AccessRule>,
 }
 
 /// The tenant's MCP server.
@@ -409,6 +419,160 @@ pub struct ToolRateLimit {
     /// Requests allowed at once above the sustained rate (at least 1).
     #[schemars(range(min = 1, max = 100_000))]
     pub burst: u32,
+}
+
+/// How callers authenticate to the tenant's server.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AuthSpec {
+    /// Accept Bulkhead API keys (the hashed keys in the tenant's
+    /// `bulkhead-api-keys` Secret). Default true.
+    #[serde(default = "default_true")]
+    pub api_keys: bool,
+    /// Accept OAuth 2.1 access tokens (JWT, RFC 9068) issued for this server
+    /// by the tenant's authorization server, as the MCP authorization
+    /// specification describes. Unset: no tokens are accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oauth: Option<OAuthSpec>,
+}
+
+impl Default for AuthSpec {
+    fn default() -> Self {
+        Self {
+            api_keys: true,
+            oauth: None,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The tenant's server as an OAuth 2.1 resource server (MCP authorization;
+/// RFC 9728 Protected Resource Metadata, RFC 8707 resource indicators,
+/// RFC 9068 JWT access tokens).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OAuthSpec {
+    /// Issuer identifier of the authorization server (RFC 8414): an https
+    /// URL without query or fragment, or http on a loopback host for tests.
+    /// Its metadata is read from `/.well-known/oauth-authorization-server`
+    /// or `/.well-known/openid-configuration` under this URL.
+    pub issuer: String,
+    /// The server's resource identifier (RFC 8707): the canonical URL
+    /// clients use to reach the MCP endpoint from outside, e.g.
+    /// `https://mcp.example.com/acme/mcp`. Tokens must carry it in `aud`.
+    /// https without fragment, or http on a loopback host for tests.
+    pub resource: String,
+    /// Scopes every token must carry (RFC 6749 scope tokens). Empty: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), extend("x-kubernetes-list-type" = "set"))]
+    pub required_scopes: Vec<String>,
+    /// Claim whose value is the caller id (default `sub`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller_claim: Option<String>,
+    /// Claim whose value is a list (or a space-separated string) of the
+    /// caller's groups or roles, used by `spec.access` rules (default
+    /// `groups`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups_claim: Option<String>,
+    /// Claim that must equal the tenant id (`metadata.name`), if set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_claim: Option<String>,
+    /// Signing algorithms accepted (asymmetric only; default RS256 and
+    /// ES256). `none` and HMAC algorithms are never accepted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 9), extend("x-kubernetes-list-type" = "set"))]
+    pub algorithms: Vec<SigningAlgorithm>,
+    /// Clock skew allowed when checking `exp` and `nbf`, in seconds
+    /// (default 60, at most 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 300))]
+    pub clock_skew_seconds: Option<u32>,
+    /// Where the server reaches the issuer's metadata and JWKS; the
+    /// NetworkPolicy opens exactly this.
+    pub issuer_network: IssuerNetwork,
+}
+
+/// Asymmetric JWS algorithms (RFC 7518, RFC 8037) an access token may be
+/// signed with.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum SigningAlgorithm {
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
+    RS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-384.
+    RS384,
+    /// RSASSA-PKCS1-v1_5 with SHA-512.
+    RS512,
+    /// RSASSA-PSS with SHA-256.
+    PS256,
+    /// RSASSA-PSS with SHA-384.
+    PS384,
+    /// RSASSA-PSS with SHA-512.
+    PS512,
+    /// ECDSA P-256 with SHA-256.
+    ES256,
+    /// ECDSA P-384 with SHA-384.
+    ES384,
+    /// Ed25519.
+    EdDSA,
+}
+
+/// Where the issuer is, for the NetworkPolicy: outside the cluster (CIDRs)
+/// or inside it (a namespace selector). Exactly one of `cidrs` and
+/// `namespaceSelector`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerNetwork {
+    /// Destination ranges of the issuer, in canonical CIDR notation.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 49)), extend("x-kubernetes-list-type" = "set"))]
+    pub cidrs: Vec<String>,
+    /// Namespaces of an in-cluster issuer (by `kubernetes.io/metadata.name`
+    /// preferably); its addresses are private, which the server then allows
+    /// for the issuer only (cloud metadata addresses never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Pods of an in-cluster issuer within those namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_selector: Option<LabelSelector>,
+    /// Destination TCP ports (default 443).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8), inner(range(min = 1, max = 65535)), extend("x-kubernetes-list-type" = "set"))]
+    pub ports: Vec<i32>,
+}
+
+/// Which callers may use which tools. A caller matches the rule if it
+/// matches any of `subjects`; the rule then allows the tools `tools` names.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessRule {
+    /// Who the rule is for.
+    #[schemars(length(min = 1, max = 32))]
+    pub subjects: Vec<AccessSubject>,
+    /// Tool names, or patterns where `*` matches any run of characters
+    /// (`github_*`, `*`).
+    #[schemars(length(min = 1, max = 64), inner(length(min = 1, max = 128)))]
+    pub tools: Vec<String>,
+}
+
+/// One kind of caller; exactly one field is set.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AccessSubject {
+    /// An API-key caller id (a data key of `bulkhead-api-keys`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_caller: Option<String>,
+    /// A token caller: the value of the caller claim (`sub` by default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_subject: Option<String>,
+    /// A group or role in the token's groups claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// A scope the token carries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
 }
 
 /// What happens to the namespace when the Tenant is deleted.

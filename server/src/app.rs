@@ -38,6 +38,9 @@ use crate::transport::{self, McpEndpoint, McpService};
 /// [`crate::tools::MAX_CACHED_BODY_BYTES`], so at most 16 MiB in all).
 const RESPONSE_CACHE_ENTRIES: usize = 256;
 
+/// How long requests ended by shutdown get to write their audit lines.
+pub(crate) const SHUTDOWN_SETTLE: Duration = Duration::from_secs(1);
+
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -129,7 +132,8 @@ impl Server {
         let shutdown = CancellationToken::new();
         let tenant = TenantId::new(&config.tenant_id);
         let metrics = Arc::new(Metrics::default());
-        let (audit, audit_writer) = AuditLog::start(audit_out).map_err(StartError::AuditWriter)?;
+        let (audit, audit_writer) = AuditLog::start(audit_out, options.audit_queue_lines as usize)
+            .map_err(StartError::AuditWriter)?;
         let poll = Duration::from_secs(options.secret_poll_seconds.max(1));
         let keys = (!options.insecure_no_auth).then(|| {
             ApiKeyStore::follow(
@@ -174,6 +178,7 @@ impl Server {
             max_body_bytes: config.limits.max_body_bytes,
             request_timeout: Duration::from_secs(config.limits.request_timeout_seconds),
             mcp: mcp_service(&config, handler, mcp_cancel.clone()),
+            shutdown: mcp_cancel.clone(),
         });
         Ok(Self {
             options,
@@ -198,8 +203,9 @@ impl Server {
     }
 
     /// Binds both listeners, serves until SIGTERM or SIGINT, then stops
-    /// accepting, waits up to the grace period for in-flight requests and
-    /// flushes the audit trail.
+    /// accepting, waits up to the grace period for in-flight requests, ends
+    /// the rest (outcome `shutdown`), and drains the audit trail within
+    /// `--audit-drain-seconds`.
     pub async fn run(self) -> Result<(), StartError> {
         let mcp_listener = bind(self.options.listen).await?;
         let admin_listener = bind(self.options.admin_listen).await?;
@@ -210,7 +216,7 @@ impl Server {
         }
         tracing::info!(tenant = %self.tenant, mcp = %format!("http://{mcp_addr}/mcp"), admin = %admin_addr, "serving");
         let stop_accepting = CancellationToken::new();
-        let mcp_server = tokio::spawn(connections::serve(
+        let mut mcp_server = tokio::spawn(connections::serve(
             "mcp",
             mcp_listener,
             self.router(),
@@ -231,20 +237,29 @@ impl Server {
         self.admin.readiness.draining.store(true, Ordering::Release);
         stop_accepting.cancel();
         let grace = Duration::from_secs(self.options.shutdown_grace_seconds);
-        match tokio::time::timeout(grace, mcp_server).await {
+        match tokio::time::timeout(grace, &mut mcp_server).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::error!(%error, "MCP listener task failed"),
-            Err(_) => tracing::warn!(
-                seconds = grace.as_secs(),
-                "in-flight requests did not finish within the grace period; cancelling them"
-            ),
+            Err(_) => {
+                tracing::warn!(
+                    seconds = grace.as_secs(),
+                    "in-flight requests did not finish within the grace period; cancelling them"
+                );
+                self.mcp_cancel.cancel();
+                // Requests still running answer at once now (outcome
+                // `shutdown`); give them a moment to write their audit lines
+                // before the writer is told to finish.
+                let _ = tokio::time::timeout(SHUTDOWN_SETTLE, mcp_server).await;
+            }
         }
         self.mcp_cancel.cancel();
         drop(self.shutdown);
         if let Err(error) = admin_server.await {
             tracing::error!(%error, "admin listener task failed");
         }
-        self.audit_writer.finish().await;
+        self.audit_writer
+            .finish(Duration::from_secs(self.options.audit_drain_seconds))
+            .await;
         tracing::info!("stopped");
         Ok(())
     }

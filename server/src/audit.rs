@@ -1,10 +1,14 @@
 //! The audit trail: one JSON line per request on stdout.
 //!
-//! Request handlers hand a record to an unbounded channel and move on; a
-//! dedicated OS thread writes and flushes. So a slow stdout never delays a
-//! request, and no line is ever dropped: on shutdown the writer drains the
-//! channel and flushes before the process exits. Diagnostic logs go to
-//! stderr, so stdout carries nothing but audit lines.
+//! A request reserves its place in a bounded queue before anything else
+//! happens ([`AuditLog::reserve`]); when the queue is full the request is
+//! refused (fail closed) instead of being served without a line or buffered
+//! without limit. The reserved [`AuditSlot`] then takes the one line of the
+//! request without ever blocking, and a dedicated OS thread writes and
+//! flushes. So a slow stdout never delays a request, a stopped stdout bounds
+//! memory at [`AuditLog::memory_bound`], and shutdown waits for the writer
+//! only up to a deadline, then reports on stderr how many lines were lost.
+//! Diagnostic logs go to stderr, so stdout carries nothing but audit lines.
 //!
 //! The writer is a plain thread with blocking writes rather than a task on
 //! the async runtime: tokio's stdout sends every write and flush through its
@@ -12,14 +16,27 @@
 //! itself (measured with `cargo bench -p bulkhead-server --bench load`).
 
 use std::io::{BufWriter, Write};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 use crate::tools::ToolOutcome;
+
+/// Characters kept of a caller-chosen audit field (method, tool name), so a
+/// caller cannot grow a line.
+pub const MAX_FIELD_CHARS: usize = 128;
+
+/// Upper bound, in bytes, of the memory one queued record takes (the record
+/// itself and the text it owns), with every caller-chosen field at
+/// [`MAX_FIELD_CHARS`] characters of the widest kind; a unit test checks it.
+pub const MAX_RECORD_BYTES: usize = 4096;
+
+/// Size of the writer's output buffer.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
 
 /// How a request ended, as recorded in the audit line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -47,6 +64,14 @@ pub enum Outcome {
     Timeout,
     /// Refused because the server is not ready yet.
     Unavailable,
+    /// The caller closed the connection before the response was sent
+    /// (`http_status` 499, as nginx logs it; nothing was sent).
+    ClientClosed,
+    /// Ended by the server's shutdown after the grace period (503).
+    Shutdown,
+    /// The server failed while serving the request (a 5xx from the MCP
+    /// layer, or a panic).
+    InternalError,
 }
 
 impl Outcome {
@@ -64,6 +89,9 @@ impl Outcome {
             Self::BadRequest => "bad_request",
             Self::Timeout => "timeout",
             Self::Unavailable => "unavailable",
+            Self::ClientClosed => "client_closed",
+            Self::Shutdown => "shutdown",
+            Self::InternalError => "internal_error",
         }
     }
 }
@@ -87,12 +115,16 @@ pub struct AuditRecord {
     pub args_sha256: Option<String>,
     /// How the request ended.
     pub outcome: Outcome,
-    /// HTTP status sent to the caller.
+    /// HTTP status sent to the caller (499 when the caller left first).
     pub http_status: u16,
     /// Time spent serving the request.
     pub latency_ms: f64,
     /// HTTP status of the upstream, if one was called.
     pub upstream_status: Option<u16>,
+    /// True when a tool call was still running as the request ended early
+    /// (client gone, timeout, shutdown) and was cancelled, together with
+    /// any upstream request it had open.
+    pub tool_cancelled: bool,
 }
 
 /// Digest of tool arguments for the audit line: the bytes as sent, so the
@@ -102,105 +134,208 @@ pub fn digest_arguments(raw: &[u8]) -> String {
 }
 
 enum Message {
-    Record(AuditRecord),
+    /// A line, with the queue place it holds until it is written.
+    Record(Box<AuditRecord>, OwnedSemaphorePermit),
     Finish,
 }
 
-/// Sends records to the writer thread. Cheap to clone.
-#[derive(Clone)]
-pub struct AuditLog {
-    tx: mpsc::UnboundedSender<Message>,
+/// Lines accepted into the queue and lines confirmed written (flushed).
+#[derive(Default)]
+struct Counts {
+    accepted: AtomicU64,
+    written: AtomicU64,
 }
 
-impl AuditLog {
-    /// Starts the writer thread on `out` (stdout in production).
-    ///
-    /// # Errors
-    /// When the operating system refuses a new thread.
-    pub fn start<W>(out: W) -> std::io::Result<(Self, AuditWriter)>
-    where
-        W: Write + Send + 'static,
-    {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let thread = std::thread::Builder::new()
-            .name("audit-writer".to_owned())
-            .spawn(move || write_lines(rx, out))?;
-        Ok((Self { tx: tx.clone() }, AuditWriter { thread, finish: tx }))
+impl Counts {
+    fn unwritten(&self) -> u64 {
+        self.accepted
+            .load(Ordering::Acquire)
+            .saturating_sub(self.written.load(Ordering::Acquire))
     }
+}
 
-    /// Queues one record; never blocks.
-    pub fn record(&self, record: AuditRecord) {
-        if self.tx.send(Message::Record(record)).is_err() {
-            // Only possible after the writer stopped, i.e. during shutdown
-            // after the listeners closed.
+/// Hands records to the writer thread. Cheap to clone.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Message>,
+    places: Arc<Semaphore>,
+    capacity: usize,
+    counts: Arc<Counts>,
+}
+
+/// A reserved place in the audit queue: [`AuditSlot::write`] queues the
+/// request's line without blocking and cannot fail for want of room.
+pub struct AuditSlot {
+    permit: OwnedSemaphorePermit,
+    log: AuditLog,
+}
+
+impl AuditSlot {
+    /// Queues the line.
+    pub fn write(self, record: AuditRecord) {
+        self.log.counts.accepted.fetch_add(1, Ordering::AcqRel);
+        if self
+            .log
+            .tx
+            .send(Message::Record(Box::new(record), self.permit))
+            .is_err()
+        {
+            // Only possible after the writer stopped, i.e. late in shutdown.
             tracing::error!("audit writer has stopped; a record could not be written");
         }
     }
 }
 
-/// The writer thread; [`AuditWriter::finish`] waits until every queued line
-/// is written and flushed.
-pub struct AuditWriter {
-    thread: JoinHandle<()>,
-    finish: mpsc::UnboundedSender<Message>,
-}
+impl AuditLog {
+    /// Starts the writer thread on `out` (stdout in production), with room
+    /// for `capacity` lines not yet written (at least 1).
+    ///
+    /// # Errors
+    /// When the operating system refuses a new thread.
+    pub fn start<W>(out: W, capacity: usize) -> std::io::Result<(Self, AuditWriter)>
+    where
+        W: Write + Send + 'static,
+    {
+        let capacity = capacity.clamp(1, Semaphore::MAX_PERMITS);
+        let (tx, rx) = mpsc::channel();
+        let (done_tx, done) = oneshot::channel();
+        let counts = Arc::new(Counts::default());
+        let writer_counts = counts.clone();
+        let thread = std::thread::Builder::new()
+            .name("audit-writer".to_owned())
+            .spawn(move || {
+                write_lines(&rx, out, &writer_counts);
+                let _ = done_tx.send(());
+            })?;
+        // Detached on purpose: a writer blocked on a stopped stdout must not
+        // keep the process from exiting after the drain deadline.
+        drop(thread);
+        let log = Self {
+            tx: tx.clone(),
+            places: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            counts: counts.clone(),
+        };
+        Ok((
+            log,
+            AuditWriter {
+                finish: tx,
+                done,
+                counts,
+            },
+        ))
+    }
 
-impl AuditWriter {
-    /// Writes every line queued so far, flushes, and stops the writer. Call
-    /// it after the listeners have closed.
-    pub async fn finish(self) {
-        // Queued after every record sent so far, so those are written first.
-        if self.finish.send(Message::Finish).is_err() {
-            tracing::error!("audit writer stopped before shutdown");
-        }
-        let thread = self.thread;
-        match tokio::task::spawn_blocking(move || thread.join()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => tracing::error!("audit writer panicked"),
-            Err(error) => tracing::error!(%error, "audit writer could not be joined"),
-        }
+    /// Reserves the place of one line; `None` when `capacity` lines are
+    /// already waiting to be written, i.e. the audit stream is not keeping
+    /// up and the request must be refused.
+    pub fn reserve(&self) -> Option<AuditSlot> {
+        self.places
+            .clone()
+            .try_acquire_owned()
+            .ok()
+            .map(|permit| AuditSlot {
+                permit,
+                log: self.clone(),
+            })
+    }
+
+    /// Most memory, in bytes, the queue and the writer's buffer can hold:
+    /// `capacity` × [`MAX_RECORD_BYTES`] plus the 64 KiB output buffer.
+    pub fn memory_bound(&self) -> usize {
+        self.capacity * MAX_RECORD_BYTES + WRITE_BUFFER_BYTES
     }
 }
 
-fn write_lines<W: Write>(mut rx: mpsc::UnboundedReceiver<Message>, out: W) {
-    let mut out = BufWriter::with_capacity(64 * 1024, out);
+/// The writer thread; [`AuditWriter::finish`] waits, up to a deadline, until
+/// every queued line is written and flushed.
+pub struct AuditWriter {
+    finish: mpsc::Sender<Message>,
+    done: oneshot::Receiver<()>,
+    counts: Arc<Counts>,
+}
+
+impl AuditWriter {
+    /// Writes every line queued so far, flushes, and stops the writer,
+    /// waiting at most `deadline`. Returns how many accepted lines were not
+    /// written (still queued when the deadline passed, or refused by the
+    /// output), and reports a non-zero count on stderr. Call it after the
+    /// listeners have closed.
+    pub async fn finish(self, deadline: Duration) -> u64 {
+        // Queued after every record sent so far, so those are written first.
+        let _ = self.finish.send(Message::Finish);
+        let finished = tokio::time::timeout(deadline, self.done).await.is_ok();
+        let unwritten = self.counts.unwritten();
+        if !finished {
+            tracing::error!(
+                unwritten,
+                deadline_seconds = deadline.as_secs_f64(),
+                "the audit stream did not drain before the deadline; {unwritten} audit lines could not be written"
+            );
+        } else if unwritten > 0 {
+            tracing::error!(
+                unwritten,
+                "{unwritten} audit lines could not be written to the audit stream"
+            );
+        }
+        unwritten
+    }
+}
+
+fn write_lines<W: Write>(rx: &mpsc::Receiver<Message>, out: W, counts: &Counts) {
+    let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, out);
     let mut line = Vec::with_capacity(512);
-    while let Some(first) = rx.blocking_recv() {
+    // Lines in the buffer, counted as written once a flush succeeds.
+    let mut buffered = 0;
+    while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         // Write everything already queued, then flush once.
         while let Some(message) = next {
             match message {
-                Message::Record(record) => write_record(&mut out, &mut line, &record),
+                Message::Record(record, permit) => {
+                    buffered += write_record(&mut out, &mut line, &record);
+                    drop(permit);
+                }
                 Message::Finish => {
                     // Late records (none once the listeners are closed) still go out.
-                    while let Ok(Message::Record(record)) = rx.try_recv() {
-                        write_record(&mut out, &mut line, &record);
+                    while let Ok(Message::Record(record, _permit)) = rx.try_recv() {
+                        buffered += write_record(&mut out, &mut line, &record);
                     }
-                    flush(&mut out);
+                    flush(&mut out, &mut buffered, counts);
                     return;
                 }
             }
             next = rx.try_recv().ok();
         }
-        flush(&mut out);
+        flush(&mut out, &mut buffered, counts);
     }
-    flush(&mut out);
+    flush(&mut out, &mut buffered, counts);
 }
 
-fn write_record<W: Write>(out: &mut W, line: &mut Vec<u8>, record: &AuditRecord) {
+/// Writes one line into the buffer; 1 if it went in, 0 if it was lost.
+fn write_record<W: Write>(out: &mut W, line: &mut Vec<u8>, record: &AuditRecord) -> u64 {
     line.clear();
-    if serde_json::to_writer(&mut *line, record).is_ok() {
-        line.push(b'\n');
-        if let Err(error) = out.write_all(line) {
+    if serde_json::to_writer(&mut *line, record).is_err() {
+        return 0;
+    }
+    line.push(b'\n');
+    match out.write_all(line) {
+        Ok(()) => 1,
+        Err(error) => {
             tracing::error!(%error, "cannot write audit line");
+            0
         }
     }
 }
 
-fn flush<W: Write>(out: &mut W) {
-    if let Err(error) = out.flush() {
-        tracing::error!(%error, "cannot flush audit stream");
+fn flush<W: Write>(out: &mut W, buffered: &mut u64, counts: &Counts) {
+    match out.flush() {
+        Ok(()) => {
+            counts.written.fetch_add(*buffered, Ordering::AcqRel);
+        }
+        Err(error) => tracing::error!(%error, "cannot flush audit stream"),
     }
+    *buffered = 0;
 }
 
 impl From<ToolOutcome> for Outcome {
@@ -231,6 +366,7 @@ mod tests {
             http_status: 200,
             latency_ms: 0.1,
             upstream_status: None,
+            tool_cancelled: false,
         }
     }
 
@@ -249,16 +385,39 @@ mod tests {
         }
     }
 
+    /// An output that blocks every write until the test opens the gate,
+    /// telling the test when a write has started: a stdout nobody reads.
+    struct Blocked {
+        entered: std::sync::mpsc::Sender<()>,
+        gate: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    }
+
+    impl Write for Blocked {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            let _ = self.entered.send(());
+            let (open, changed) = &*self.gate;
+            let mut open = open.lock().unwrap();
+            while !*open {
+                open = changed.wait(open).unwrap();
+            }
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
     #[tokio::test]
     async fn every_queued_line_is_written_before_finish_returns() {
         let sink = Sink::default();
-        let (log, task) = AuditLog::start(sink.clone()).unwrap();
+        let (log, task) = AuditLog::start(sink.clone(), 1000).unwrap();
         for n in 0..500 {
-            log.record(record(n));
+            log.reserve().unwrap().write(record(n));
         }
         // A clone still held elsewhere must not keep finish() waiting.
         let _held = log.clone();
-        task.finish().await;
+        assert_eq!(task.finish(Duration::from_secs(10)).await, 0);
         let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
@@ -268,6 +427,90 @@ mod tests {
         assert_eq!(lines[499]["request_id"], "r499");
         assert_eq!(lines[0]["tenant"], "acme");
         assert_eq!(lines[0]["outcome"], "ok");
+        assert_eq!(lines[0]["tool_cancelled"], false);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_output_fills_the_queue_then_refuses_and_finish_keeps_its_deadline() {
+        let (entered_tx, entered) = std::sync::mpsc::channel();
+        let gate = Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let out = Blocked {
+            entered: entered_tx,
+            gate: gate.clone(),
+        };
+        let (log, task) = AuditLog::start(out, 4).unwrap();
+        // The first line leaves the queue and blocks the writer in its flush.
+        log.reserve().unwrap().write(record(0));
+        entered.recv_timeout(Duration::from_secs(5)).unwrap();
+        // Four more fill the queue; the fifth finds no place.
+        for n in 1..=4 {
+            log.reserve()
+                .unwrap_or_else(|| panic!("place {n} refused"))
+                .write(record(n));
+        }
+        assert!(log.reserve().is_none());
+        assert_eq!(log.memory_bound(), 4 * MAX_RECORD_BYTES + 64 * 1024);
+
+        let started = std::time::Instant::now();
+        let unwritten = task.finish(Duration::from_millis(300)).await;
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(unwritten, 5);
+
+        // Once the output moves again, places come back.
+        *gate.0.lock().unwrap() = true;
+        gate.1.notify_all();
+        let mut freed = false;
+        for _ in 0..200 {
+            if log.reserve().is_some() {
+                freed = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(freed, "no place came back after the output resumed");
+    }
+
+    #[test]
+    fn the_largest_record_fits_the_stated_bound() {
+        // Every caller-chosen field at its bound, in the characters that
+        // take the most room: 4-byte characters in memory, control
+        // characters (escaped as \u00XX) on the line.
+        let wide = "\u{10FFFF}".repeat(MAX_FIELD_CHARS);
+        let escaped = "\u{1}".repeat(MAX_FIELD_CHARS);
+        for text in [wide, escaped] {
+            let record = AuditRecord {
+                ts: jiff::Timestamp::MAX.to_string(),
+                // Tenant ids are DNS labels (63), caller ids Secret keys (253).
+                tenant: Arc::from("t".repeat(63).as_str()),
+                caller: Some(Arc::from("c".repeat(253).as_str())),
+                request_id: Arc::from(uuid::Uuid::new_v4().to_string().as_str()),
+                method: Some(text.clone()),
+                tool: Some(text),
+                args_sha256: Some(digest_arguments(b"{}")),
+                outcome: Outcome::InternalError,
+                http_status: 599,
+                latency_ms: f64::MAX,
+                upstream_status: Some(599),
+                tool_cancelled: true,
+            };
+            let owned = [
+                record.ts.len(),
+                record.tenant.len(),
+                record.caller.as_ref().map_or(0, |c| c.len()),
+                record.request_id.len(),
+                record.method.as_ref().map_or(0, String::len),
+                record.tool.as_ref().map_or(0, String::len),
+                record.args_sha256.as_ref().map_or(0, String::len),
+            ]
+            .iter()
+            .sum::<usize>()
+                // Arc headers of the four shared strings.
+                + 4 * 16;
+            let in_memory = std::mem::size_of::<AuditRecord>() + owned;
+            let line = serde_json::to_vec(&record).unwrap().len() + 1;
+            assert!(in_memory <= MAX_RECORD_BYTES, "{in_memory} bytes in memory");
+            assert!(line <= MAX_RECORD_BYTES, "{line} bytes on the line");
+        }
     }
 
     #[test]

@@ -76,6 +76,18 @@ pub struct ServeOptions {
     /// Longest wait for in-flight requests at shutdown, in seconds.
     #[arg(long, default_value_t = 20)]
     pub shutdown_grace_seconds: u64,
+    /// Longest wait for the audit stream to take the queued lines at
+    /// shutdown, after the grace period, in seconds. With the defaults the
+    /// server exits within 20 + 1 + 5 = 26 s of SIGTERM, inside Kubernetes'
+    /// default `terminationGracePeriodSeconds` of 30.
+    #[arg(long, default_value_t = 5)]
+    pub audit_drain_seconds: u64,
+    /// Audit lines that may wait for stdout; when that many are waiting,
+    /// requests are refused with 503. Each line takes at most 4 KiB
+    /// (`audit::MAX_RECORD_BYTES`), so the default bounds the queue at
+    /// 16 MiB.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
+    pub audit_queue_lines: u32,
     /// Format of the diagnostic log on stderr (stdout carries the audit);
     /// every value in it is escaped and bounded ([`crate::logging`]).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -127,5 +139,27 @@ pub fn keygen(caller: &str, namespace: Option<&str>) -> ExitCode {
             eprintln!("error: cannot make an API key: {error}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_shutdown_ends_within_the_pods_termination_grace_period() {
+        // The operator leaves `terminationGracePeriodSeconds` at the
+        // Kubernetes default (PodSpec API reference: 30 s).
+        const KUBERNETES_DEFAULT_GRACE_SECONDS: u64 = 30;
+        let options = Cli::parse_from(["bulkhead-server"]).serve;
+        let longest = options.shutdown_grace_seconds
+            + crate::app::SHUTDOWN_SETTLE.as_secs()
+            + options.audit_drain_seconds;
+        assert!(longest < KUBERNETES_DEFAULT_GRACE_SECONDS, "{longest} s");
+    }
+
+    #[test]
+    fn an_empty_audit_queue_is_refused() {
+        assert!(Cli::try_parse_from(["bulkhead-server", "--audit-queue-lines", "0"]).is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! The MCP handler: `initialize`, `tools/list` and `tools/call` for one
 //! tenant. Authentication, the per-caller limit and the audit line happen in
 //! [`crate::transport`] before and after this runs; the verified
-//! [`CallContext`] arrives in the HTTP request's extensions.
+//! [`CallContext`] arrives in the HTTP request's extensions. A tool call
+//! is cancelled when its HTTP request ends first.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -108,16 +109,21 @@ impl ServerHandler for TenantServer {
                 None,
             ))
         } else {
-            Some(
-                self.catalog
-                    .call(
-                        &request.name,
-                        request.arguments,
-                        &call_context,
-                        &self.services,
-                    )
-                    .await?,
-            )
+            call_context.start();
+            // rmcp cancels `context.ct` when the HTTP request ends before
+            // the answer (client gone, request timeout, shutdown): the tool
+            // call, and any upstream request it has open, is dropped then.
+            tokio::select! {
+                call = self.catalog.call(
+                    &request.name,
+                    request.arguments,
+                    &call_context,
+                    &self.services,
+                ) => Some(call?),
+                () = context.ct.cancelled() => {
+                    return Err(ErrorData::internal_error("request cancelled", None));
+                }
+            }
         };
         let Some(call) = call else {
             return Err(ErrorData::invalid_params(

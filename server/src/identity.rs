@@ -75,6 +75,14 @@ pub struct CallContext {
 }
 
 impl CallContext {
+    /// Records that a tool call has begun, so a request that ends before it
+    /// does can tell that the call was cancelled.
+    pub fn start(&self) {
+        if let Ok(mut report) = self.report.lock() {
+            report.started = true;
+        }
+    }
+
     /// Records how a tool call ended.
     pub fn record(&self, outcome: ToolOutcome, upstream_status: Option<u16>) {
         if let Ok(mut report) = self.report.lock() {

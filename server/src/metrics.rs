@@ -75,6 +75,8 @@ pub struct Metrics {
     /// Connections closed at once because `limits.maxConnections` were
     /// open, by listener.
     pub connections_refused: Family<ListenerLabels, Counter>,
+    /// Requests refused because the audit queue was full.
+    pub audit_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -87,6 +89,7 @@ impl Default for Metrics {
         let auth_failures = Family::<AuthLabels, Counter>::default();
         let rate_limited = Family::<RateLimitLabels, Counter>::default();
         let upstream_errors = Family::<UpstreamLabels, Counter>::default();
+        let audit_refused = Counter::default();
         let mut registry = Registry::with_prefix("bulkhead");
         registry.register(
             "mcp_requests",
@@ -125,6 +128,11 @@ impl Default for Metrics {
             "Connections closed at once because the listener's connection limit was reached",
             connections_refused.clone(),
         );
+        registry.register(
+            "audit_refused",
+            "Requests refused (503) because the audit queue was full",
+            audit_refused.clone(),
+        );
         Self {
             registry,
             connections_open,
@@ -134,6 +142,7 @@ impl Default for Metrics {
             auth_failures,
             rate_limited,
             upstream_errors,
+            audit_refused,
         }
     }
 }
@@ -201,12 +210,14 @@ mod tests {
                 tool: "whoami".into(),
             })
             .observe(0.001);
+        metrics.audit_refused.inc();
         let text = metrics.encode();
         assert!(
             text.contains("bulkhead_mcp_requests_total{method=\"ping\",outcome=\"ok\"} 1"),
             "{text}"
         );
         assert!(text.contains("bulkhead_auth_failures_total{reason=\"missing\"} 1"));
+        assert!(text.contains("bulkhead_audit_refused_total 1"), "{text}");
         assert!(
             text.contains("bulkhead_tool_duration_seconds_count{tool=\"whoami\"} 1"),
             "{text}"

@@ -31,6 +31,13 @@ pub const TIMED_OUT: i64 = -32001;
 pub enum Refusal {
     /// API keys are not loaded yet (503, `Retry-After: 1`).
     NotReady,
+    /// The audit queue is full, so the request could not be audited and is
+    /// not served (503, `Retry-After: 1`). Counted in
+    /// `bulkhead_audit_refused_total`; it has no audit line.
+    AuditFull,
+    /// The server is shutting down and the grace period is over
+    /// (503, `Retry-After: 1`).
+    ShuttingDown,
     /// `Host` or `Origin` is not allowed (403); the text says which.
     Forbidden(&'static str),
     /// No or an unknown API key (401 with a `WWW-Authenticate` challenge,
@@ -77,7 +84,8 @@ impl Refusal {
     /// The audit outcome.
     pub fn outcome(&self) -> Outcome {
         match self {
-            Self::NotReady => Outcome::Unavailable,
+            Self::NotReady | Self::AuditFull => Outcome::Unavailable,
+            Self::ShuttingDown => Outcome::Shutdown,
             Self::Forbidden(_) => Outcome::Forbidden,
             Self::Unauthenticated(_) => Outcome::Unauthenticated,
             Self::PayloadTooLarge => Outcome::PayloadTooLarge,
@@ -103,6 +111,9 @@ impl Refusal {
                     })
                     .inc();
             }
+            Self::AuditFull => {
+                metrics.audit_refused.inc();
+            }
             Self::RateLimited { .. } => {
                 metrics
                     .rate_limited
@@ -117,16 +128,11 @@ impl Refusal {
 impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         match self {
-            Self::NotReady => {
-                let mut response = plain(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "Service Unavailable: not ready",
-                );
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-                response
+            Self::NotReady => unavailable("Service Unavailable: not ready"),
+            Self::AuditFull => {
+                unavailable("Service Unavailable: the audit trail is not keeping up")
             }
+            Self::ShuttingDown => unavailable("Service Unavailable: shutting down"),
             Self::Forbidden(reason) => plain(StatusCode::FORBIDDEN, reason),
             Self::Unauthenticated(failure) => {
                 let challenge = match failure {
@@ -181,6 +187,15 @@ impl IntoResponse for Refusal {
             ),
         }
     }
+}
+
+/// 503 with `Retry-After: 1` (RFC 9110 section 10.2.3).
+fn unavailable(text: &'static str) -> Response {
+    let mut response = plain(StatusCode::SERVICE_UNAVAILABLE, text);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response {

@@ -49,6 +49,8 @@ pub struct ToolReport {
     pub outcome: Option<ToolOutcome>,
     /// HTTP status the upstream answered with, if it was called.
     pub upstream_status: Option<u16>,
+    /// The tool call has begun (with `outcome` still `None`: it is running).
+    pub started: bool,
 }
 
 /// What a tool needs besides its arguments.

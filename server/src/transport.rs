@@ -1,12 +1,17 @@
 //! The MCP endpoint: Streamable HTTP on `/mcp`, with the security layers in
 //! front of rmcp's stateless service.
 //!
-//! Order, cheapest refusal first: readiness, `Host`/`Origin` (before
-//! authentication, so a DNS-rebinding page learns nothing about keys), API
-//! key, per-caller rate limit (before the body is read, so one key cannot
-//! hold many slow uploads), body size, the JSON-RPC checks of
-//! [`crate::jsonrpc`]; then rmcp within the request timeout; then metrics
-//! and one audit line, whatever the outcome.
+//! Order, cheapest refusal first: a place in the audit queue (none: 503,
+//! fail closed), readiness, `Host`/`Origin` (before authentication, so a
+//! DNS-rebinding page learns nothing about keys), API key, per-caller rate
+//! limit (before the body is read, so one key cannot hold many slow
+//! uploads), body size, the JSON-RPC checks of [`crate::jsonrpc`]; then
+//! rmcp within the request timeout; then metrics
+//! and exactly one audit line, whatever the outcome. The line is owned by a
+//! guard (`RequestAudit`), so a request whose future is dropped (the
+//! caller closed the connection) or that panics is still audited, and a
+//! server shutdown past its grace period ends a request with its own
+//! outcome.
 //!
 //! rmcp runs stateless (`legacy_session_mode: false`) with JSON responses:
 //! every POST carries everything needed, so replicas behind one Service need
@@ -25,9 +30,10 @@ use rmcp::transport::streamable_http_server::StreamableHttpService;
 use rmcp::transport::streamable_http_server::session::never::NeverSessionManager;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
 
 use crate::api_keys::ApiKeyStore;
-use crate::audit::{AuditLog, AuditRecord, Outcome, digest_arguments};
+use crate::audit::{AuditLog, AuditRecord, AuditSlot, MAX_FIELD_CHARS, Outcome, digest_arguments};
 use crate::handler::TenantServer;
 use crate::identity::{CallContext, CallerId, TenantId};
 use crate::jsonrpc;
@@ -63,6 +69,9 @@ pub struct McpEndpoint {
     pub request_timeout: Duration,
     /// The rmcp service.
     pub mcp: McpService,
+    /// Cancelled when the shutdown grace period is over: requests still
+    /// running end with outcome `shutdown`.
+    pub shutdown: CancellationToken,
 }
 
 /// What the audit line needs, filled in as the request proceeds.
@@ -73,6 +82,84 @@ struct Pending {
     args_sha256: Option<String>,
     outcome: Outcome,
     upstream_status: Option<u16>,
+    /// What the MCP handler reports, once the request reached it.
+    report: Option<Arc<Mutex<ToolReport>>>,
+}
+
+impl Pending {
+    /// Whether a tool call had begun and not finished.
+    fn tool_running(&self) -> bool {
+        self.report
+            .as_ref()
+            .and_then(|r| r.lock().ok().map(|r| r.started && r.outcome.is_none()))
+            .unwrap_or(false)
+    }
+}
+
+/// Status written for a request whose caller left before the answer: none
+/// was sent; 499 is the code nginx logs for it.
+const CLIENT_CLOSED_STATUS: u16 = 499;
+
+/// The one audit line of a request and its count in
+/// `bulkhead_mcp_requests_total`: written by [`RequestAudit::write`], or, if
+/// the request's future is dropped first, by `Drop` with outcome
+/// `client_closed` (`internal_error` while panicking).
+struct RequestAudit {
+    endpoint: Arc<McpEndpoint>,
+    slot: Option<AuditSlot>,
+    started: Instant,
+    ts: String,
+    request_id: Arc<str>,
+    pending: Pending,
+}
+
+impl RequestAudit {
+    fn write(&mut self, http_status: u16) {
+        let Some(slot) = self.slot.take() else {
+            return;
+        };
+        let pending = &mut self.pending;
+        let tool_cancelled = matches!(
+            pending.outcome,
+            Outcome::ClientClosed | Outcome::Timeout | Outcome::Shutdown | Outcome::InternalError
+        ) && pending.tool_running();
+        self.endpoint
+            .metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                method: method_label(pending.method.as_deref()),
+                outcome: pending.outcome.as_str(),
+            })
+            .inc();
+        slot.write(AuditRecord {
+            ts: std::mem::take(&mut self.ts),
+            tenant: Arc::from(self.endpoint.tenant.as_str()),
+            caller: pending.caller.as_ref().map(|c| Arc::from(c.as_str())),
+            request_id: self.request_id.clone(),
+            method: pending.method.take(),
+            tool: pending.tool.take(),
+            args_sha256: pending.args_sha256.take(),
+            outcome: pending.outcome,
+            http_status,
+            latency_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            upstream_status: pending.upstream_status,
+            tool_cancelled,
+        });
+    }
+}
+
+impl Drop for RequestAudit {
+    fn drop(&mut self) {
+        if self.slot.is_some() {
+            let (outcome, status) = if std::thread::panicking() {
+                (Outcome::InternalError, 500)
+            } else {
+                (Outcome::ClientClosed, CLIENT_CLOSED_STATUS)
+            };
+            self.pending.outcome = outcome;
+            self.write(status);
+        }
+    }
 }
 
 /// The JSON-RPC fields the transport needs, read without copying.
@@ -96,53 +183,50 @@ struct CallParams<'a> {
 
 /// Audit fields are bounded: a caller cannot grow a line with a huge name.
 fn bounded(text: &str) -> String {
-    text.chars().take(128).collect()
+    text.chars().take(MAX_FIELD_CHARS).collect()
 }
 
-/// The `/mcp` handler: the gates and the MCP handler, then metrics and one
-/// audit line whatever the outcome.
+/// The `/mcp` handler: a place in the audit queue, the gates and the MCP
+/// handler, then metrics and one audit line whatever the outcome.
 pub async fn serve_mcp(State(endpoint): State<Arc<McpEndpoint>>, request: Request) -> Response {
     let started = Instant::now();
-    let ts = jiff::Timestamp::now().to_string();
     let request_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
-    let mut pending = Pending {
-        caller: None,
-        method: None,
-        tool: None,
-        args_sha256: None,
-        outcome: Outcome::Ok,
-        upstream_status: None,
+    let Some(slot) = endpoint.audit.reserve() else {
+        let refusal = Refusal::AuditFull;
+        refusal.observe(&endpoint.metrics, &request_id);
+        return refusal.into_response();
     };
-    let mut response = match endpoint.process(request, &request_id, &mut pending).await {
+    let mut audit = RequestAudit {
+        endpoint: endpoint.clone(),
+        slot: Some(slot),
+        started,
+        ts: jiff::Timestamp::now().to_string(),
+        request_id: request_id.clone(),
+        pending: Pending {
+            caller: None,
+            method: None,
+            tool: None,
+            args_sha256: None,
+            outcome: Outcome::Ok,
+            upstream_status: None,
+            report: None,
+        },
+    };
+    let result = tokio::select! {
+        // Shutdown first: rmcp ends its requests on the same signal.
+        biased;
+        () = endpoint.shutdown.cancelled() => Err(Refusal::ShuttingDown),
+        result = endpoint.process(request, &request_id, &mut audit.pending) => result,
+    };
+    let mut response = match result {
         Ok(response) => response,
         Err(refusal) => {
             refusal.observe(&endpoint.metrics, &request_id);
-            pending.outcome = refusal.outcome();
+            audit.pending.outcome = refusal.outcome();
             refusal.into_response()
         }
     };
-    let status = response.status();
-    endpoint
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            method: method_label(pending.method.as_deref()),
-            outcome: pending.outcome.as_str(),
-        })
-        .inc();
-    endpoint.audit.record(AuditRecord {
-        ts,
-        tenant: Arc::from(endpoint.tenant.as_str()),
-        caller: pending.caller.as_ref().map(|c| Arc::from(c.as_str())),
-        request_id: request_id.clone(),
-        method: pending.method,
-        tool: pending.tool,
-        args_sha256: pending.args_sha256,
-        outcome: pending.outcome,
-        http_status: status.as_u16(),
-        latency_ms: started.elapsed().as_secs_f64() * 1000.0,
-        upstream_status: pending.upstream_status,
-    });
+    audit.write(response.status().as_u16());
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-request-id", value);
     }
@@ -189,6 +273,7 @@ impl McpEndpoint {
             report: Arc::new(Mutex::new(ToolReport::default())),
         };
         parts.extensions.insert(context.clone());
+        pending.report = Some(context.report.clone());
         let request = Request::from_parts(parts, Body::from(bytes));
         let Ok(response) =
             tokio::time::timeout(self.request_timeout, self.mcp.handle(request)).await
@@ -300,7 +385,9 @@ async fn judge(
     } else if status.is_client_error() {
         pending.outcome = Outcome::BadRequest;
     } else if status.is_server_error() {
-        pending.outcome = Outcome::RpcError;
+        // rmcp answers 5xx only when it fails itself (the handler panicked
+        // or could not be reached).
+        pending.outcome = Outcome::InternalError;
     } else if is_post && is_json(&response) {
         // Not a tool call (or an unknown tool): a JSON-RPC error shows
         // only in the body.

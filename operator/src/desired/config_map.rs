@@ -6,9 +6,10 @@
 use std::collections::BTreeMap;
 
 use bulkhead_crds::server_config::{
-    API_KEYS_SECRET_NAME, CONFIG_FILE_KEY, CONFIG_MAP_NAME, CREDENTIALS_SECRET_NAME,
-    ConnectorConfig, CredentialKey, MCP_PORT, RateLimitsConfig, SecretSource, ServerConfig,
-    TransportLimits,
+    API_KEYS_SECRET_NAME, AuthConfig, CONFIG_FILE_KEY, CONFIG_MAP_NAME, CREDENTIALS_SECRET_NAME,
+    ConnectorConfig, CredentialKey, MCP_PORT, OAuthConfig, RateLimitsConfig, SecretSource,
+    ServerConfig, TransportLimits, default_algorithms, default_caller_claim,
+    default_clock_skew_seconds, default_groups_claim, default_jwks_min_refresh_seconds,
 };
 use bulkhead_crds::validation::{FieldError, InvalidTenant};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -60,6 +61,36 @@ pub(crate) fn desired_server_config(ctx: &BuildContext<'_>) -> ServerConfig {
             per_tool: spec.rate_limits.per_tool.clone(),
         },
         limits: TransportLimits::default(),
+        auth: AuthConfig {
+            api_keys: spec.auth.api_keys,
+            oauth: spec.auth.oauth.as_ref().map(|oauth| OAuthConfig {
+                issuer: oauth.issuer.clone(),
+                resource: oauth.resource.clone(),
+                required_scopes: oauth.required_scopes.clone(),
+                caller_claim: oauth
+                    .caller_claim
+                    .clone()
+                    .unwrap_or_else(default_caller_claim),
+                groups_claim: oauth
+                    .groups_claim
+                    .clone()
+                    .unwrap_or_else(default_groups_claim),
+                tenant_claim: oauth.tenant_claim.clone(),
+                algorithms: if oauth.algorithms.is_empty() {
+                    default_algorithms()
+                } else {
+                    oauth.algorithms.clone()
+                },
+                clock_skew_seconds: oauth
+                    .clock_skew_seconds
+                    .unwrap_or_else(default_clock_skew_seconds),
+                jwks_min_refresh_seconds: default_jwks_min_refresh_seconds(),
+                // An in-cluster issuer has a private address; the
+                // NetworkPolicy opens only the declared namespaces.
+                allow_private_issuer: oauth.issuer_network.namespace_selector.is_some(),
+            }),
+        },
+        access: spec.access.clone(),
     }
 }
 
@@ -186,6 +217,8 @@ mod tests {
                 }],
             },
             limits: TransportLimits::default(),
+            auth: AuthConfig::default(),
+            access: vec![],
         };
         assert_eq!(server_config(FULL), expected);
     }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -156,15 +156,6 @@ fn write_keys(dir: &Path, keys: &[(&str, &str)]) {
     write_map(&dir.join("keys.yaml"), &refs);
 }
 
-/// The server binary: `BULKHEAD_SERVER_BIN` if set (a copy that a shared
-/// target directory cannot overwrite mid-run), else the one Cargo built.
-pub fn server_bin() -> PathBuf {
-    std::env::var_os("BULKHEAD_SERVER_BIN").map_or_else(
-        || env!("CARGO_BIN_EXE_bulkhead-server").into(),
-        PathBuf::from,
-    )
-}
-
 /// A running `bulkhead-server`.
 pub struct TestServer {
     child: Child,
@@ -175,13 +166,27 @@ pub struct TestServer {
 
 impl TestServer {
     /// Starts the binary with `config` (YAML; `keys.yaml` and
-    /// `credentials.yaml` in the scratch dir are referenced relatively).
+    /// `credentials.yaml` in the scratch dir are referenced relatively),
+    /// audit lines to `audit.log` in the scratch dir.
     pub async fn start(
         name: &str,
         config: &str,
         keys: &[(&str, &str)],
         credentials: &[(&str, &str)],
         extra_args: &[&str],
+    ) -> Self {
+        Self::start_with_stdout(name, config, keys, credentials, extra_args, false).await
+    }
+
+    /// As [`TestServer::start`]; with `piped_stdout` the audit stream is a
+    /// pipe the test holds ([`TestServer::take_stdout`]) instead of a file.
+    pub async fn start_with_stdout(
+        name: &str,
+        config: &str,
+        keys: &[(&str, &str)],
+        credentials: &[(&str, &str)],
+        extra_args: &[&str],
+        piped_stdout: bool,
     ) -> Self {
         bulkhead_server::connectors::upstream::install_crypto_provider();
         let dir = Scratch::new(name);
@@ -204,7 +209,13 @@ impl TestServer {
             .args(extra_args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.0.join("audit.log")).unwrap())
+            .stdout(if piped_stdout {
+                Stdio::piped()
+            } else {
+                std::fs::File::create(dir.0.join("audit.log"))
+                    .unwrap()
+                    .into()
+            })
             .stderr(std::fs::File::create(dir.0.join("stderr.log")).unwrap())
             .spawn()
             .unwrap();
@@ -247,7 +258,12 @@ impl TestServer {
         panic!("server never became ready: {}", server.stderr());
     }
 
-    /// The server's process id (for `/proc/<pid>/...`).
+    /// The audit pipe of a server started with a piped stdout.
+    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
+        self.child.stdout.take()
+    }
+
+    /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -336,6 +352,16 @@ impl Drop for TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The server binary: `BULKHEAD_SERVER_BIN` when set (a copy that a build
+/// of another checkout sharing the target directory cannot replace), else
+/// the one cargo built for this test.
+pub fn server_bin() -> PathBuf {
+    std::env::var_os("BULKHEAD_SERVER_BIN").map_or_else(
+        || env!("CARGO_BIN_EXE_bulkhead-server").into(),
+        PathBuf::from,
+    )
 }
 
 pub fn http() -> reqwest::Client {
