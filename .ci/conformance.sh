@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # MCP conformance suite (@modelcontextprotocol/conformance) against
-# bulkhead-server on loopback.
+# bulkhead-server on loopback, configured by the shipped
+# server/examples/local.yaml, so the example stays conformant.
 #
 # The suite's CLI cannot send an Authorization header, so the server runs
 # with --insecure-no-auth, which the server only permits on a loopback
@@ -41,22 +42,19 @@ if [ ! -f "$cli" ] || [ ! -x "$node_bin" ] || [ "$installed" != "${packages[*]}"
 fi
 echo "conformance: node $("$node_bin" --version), suite ${CONFORMANCE_VERSION}"
 
-cargo build -q -p bulkhead-server
-target_dir="${CARGO_TARGET_DIR:-target}"
-server_bin="$target_dir/debug/bulkhead-server"
-
-cat > "$work/server.yaml" <<'YAML'
-tenantId: conformance
-allowedHosts: ["localhost", "127.0.0.1", "::1"]
-allowedOrigins: ["http://localhost:*", "http://127.0.0.1:*"]
-apiKeys: {type: file, path: keys.yaml}
-credentials: {type: file, path: credentials.yaml}
-YAML
-: > "$work/keys.yaml"
-: > "$work/credentials.yaml"
+# The shipped local example, as a user runs it (only the listeners differ,
+# so the run gets free ports). BULKHEAD_SERVER_BIN runs a given binary
+# instead of building one.
+config="server/examples/local.yaml"
+if [ -n "${BULKHEAD_SERVER_BIN:-}" ]; then
+  server_bin="$BULKHEAD_SERVER_BIN"
+else
+  cargo build -q -p bulkhead-server
+  server_bin="${CARGO_TARGET_DIR:-target}/debug/bulkhead-server"
+fi
 rm -f "$work/ready.json"
 
-"$server_bin" --config "$work/server.yaml" --insecure-no-auth \
+"$server_bin" --config "$config" --insecure-no-auth \
   --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0 --ready-file "$work/ready.json" \
   >"$work/audit.log" 2>"$work/server.log" &
 server_pid=$!

@@ -254,6 +254,13 @@ pub struct RateLimitsConfig {
 }
 
 /// Limits on the HTTP transport.
+///
+/// The connection limits bound what a caller can hold without sending a
+/// request: with the defaults, at most `maxConnections` connections of at
+/// most `maxHeaderBytes` of buffered headers each (1024 × 32 KiB = 32 MiB),
+/// well inside the server container's default memory limit of 256 MiB.
+/// Fields added after the first release have defaults, so older
+/// configurations load unchanged.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TransportLimits {
@@ -263,6 +270,31 @@ pub struct TransportLimits {
     pub request_timeout_seconds: u64,
     /// Time an upstream call may take, in seconds.
     pub upstream_timeout_seconds: u64,
+    /// Time a client has to send a request's headers, in seconds: from
+    /// connecting (HTTP/1 and HTTP/2) and, on an HTTP/1 keep-alive
+    /// connection, from the end of the previous response. A connection
+    /// that misses it is closed.
+    #[serde(default = "default_header_read_timeout_seconds")]
+    pub header_read_timeout_seconds: u64,
+    /// Time a connection may stay open with no request in flight, in
+    /// seconds (HTTP/1 keep-alive and HTTP/2); then it is closed (HTTP/2
+    /// with a GOAWAY).
+    #[serde(default = "default_idle_timeout_seconds")]
+    pub idle_timeout_seconds: u64,
+    /// HTTP/2 keep-alive: a PING is sent after this many seconds without
+    /// traffic, and the connection is closed if it is not acknowledged
+    /// within the same time.
+    #[serde(default = "default_http2_keep_alive_seconds")]
+    pub http2_keep_alive_seconds: u64,
+    /// Most connections open at once on one listener. Connections above it
+    /// are accepted and closed at once (counted in
+    /// `bulkhead_connections_refused_total`), so they cannot queue up.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Largest request head (request line and headers, HTTP/1) or header
+    /// list (HTTP/2) accepted, in bytes (at least 8192).
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
 }
 
 impl Default for TransportLimits {
@@ -271,8 +303,33 @@ impl Default for TransportLimits {
             max_body_bytes: 1024 * 1024,
             request_timeout_seconds: 30,
             upstream_timeout_seconds: 10,
+            header_read_timeout_seconds: default_header_read_timeout_seconds(),
+            idle_timeout_seconds: default_idle_timeout_seconds(),
+            http2_keep_alive_seconds: default_http2_keep_alive_seconds(),
+            max_connections: default_max_connections(),
+            max_header_bytes: default_max_header_bytes(),
         }
     }
+}
+
+fn default_header_read_timeout_seconds() -> u64 {
+    10
+}
+
+fn default_idle_timeout_seconds() -> u64 {
+    60
+}
+
+fn default_http2_keep_alive_seconds() -> u64 {
+    30
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+fn default_max_header_bytes() -> usize {
+    32 * 1024
 }
 
 fn default_credential_ttl_seconds() -> u64 {

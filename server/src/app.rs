@@ -2,7 +2,6 @@
 //! sources, limits, tools and audit; [`Server::router`] is the MCP router;
 //! [`Server::run`] binds, serves and drains on shutdown.
 
-use std::fmt::Debug;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,11 +9,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use bulkhead_crds::server_config::{SecretSource, ServerConfig};
 use rmcp::transport::streamable_http_server::StreamableHttpServerConfig;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::access::AccessPolicy;
@@ -24,6 +21,7 @@ use crate::audit::{AuditLog, AuditWriter};
 use crate::authentication::Authenticator;
 use crate::cli::ServeOptions;
 use crate::config::{self, ConfigError};
+use crate::connections::{self, ConnectionLimits};
 use crate::connectors::upstream::{UpstreamSetupError, install_crypto_provider};
 use crate::credentials::{
     CredentialProvider, CredentialStore, SourceCredentialProvider, WatchedCredentialProvider,
@@ -110,6 +108,8 @@ pub struct Server {
     endpoint: Arc<McpEndpoint>,
     admin: Arc<AdminState>,
     audit_writer: AuditWriter,
+    /// Connection limits of both listeners.
+    connection_limits: ConnectionLimits,
     /// Ends in-flight MCP requests after the grace period.
     mcp_cancel: CancellationToken,
     /// Stops the background tasks and the admin listener, also when the
@@ -190,6 +190,7 @@ impl Server {
             endpoint,
             admin: Arc::new(AdminState { readiness, metrics }),
             audit_writer,
+            connection_limits: ConnectionLimits::from(&config.limits),
             mcp_cancel,
             shutdown: shutdown.drop_guard(),
         })
@@ -219,25 +220,29 @@ impl Server {
         }
         tracing::info!(tenant = %self.tenant, mcp = %format!("http://{mcp_addr}/mcp"), admin = %admin_addr, "serving");
         let stop_accepting = CancellationToken::new();
-        // TCP_NODELAY: without it small responses wait for delayed ACKs
-        // (about 40 ms each).
-        let mcp_listener = mcp_listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let mut mcp_server = serve(mcp_listener, self.router(), stop_accepting.clone());
-        let admin_server = serve(
+        let mut mcp_server = tokio::spawn(connections::serve(
+            "mcp",
+            mcp_listener,
+            self.router(),
+            self.connection_limits.clone(),
+            self.admin.metrics.clone(),
+            stop_accepting.clone(),
+        ));
+        let admin_server = tokio::spawn(connections::serve(
+            "admin",
             admin_listener,
             self.admin_router(),
+            self.connection_limits.clone(),
+            self.admin.metrics.clone(),
             self.shutdown.token().clone(),
-        );
+        ));
         wait_for_signal().await;
         tracing::info!("shutting down: no new connections, waiting for in-flight requests");
         self.admin.readiness.draining.store(true, Ordering::Release);
         stop_accepting.cancel();
         let grace = Duration::from_secs(self.options.shutdown_grace_seconds);
         match tokio::time::timeout(grace, &mut mcp_server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(error))) => tracing::error!(%error, "MCP listener failed"),
+            Ok(Ok(())) => {}
             Ok(Err(error)) => tracing::error!(%error, "MCP listener task failed"),
             Err(_) => {
                 tracing::warn!(
@@ -253,8 +258,8 @@ impl Server {
         }
         self.mcp_cancel.cancel();
         drop(self.shutdown);
-        if let Ok(Err(error)) = admin_server.await {
-            tracing::error!(%error, "admin listener failed");
+        if let Err(error) = admin_server.await {
+            tracing::error!(%error, "admin listener task failed");
         }
         self.audit_writer
             .finish(Duration::from_secs(self.options.audit_drain_seconds))
@@ -386,23 +391,6 @@ fn write_ready_file(path: &Path, mcp: SocketAddr, admin: SocketAddr) -> Result<(
         path: path.to_owned(),
         source,
     })
-}
-
-/// Serves `router` on `listener` until `stop` fires, letting open requests finish.
-fn serve<L>(
-    listener: L,
-    router: axum::Router,
-    stop: CancellationToken,
-) -> JoinHandle<std::io::Result<()>>
-where
-    L: axum::serve::Listener,
-    L::Addr: Debug,
-{
-    tokio::spawn(
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .into_future(),
-    )
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {

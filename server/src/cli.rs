@@ -88,7 +88,8 @@ pub struct ServeOptions {
     /// 16 MiB.
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u32).range(1..))]
     pub audit_queue_lines: u32,
-    /// Format of the diagnostic log on stderr (stdout carries the audit).
+    /// Format of the diagnostic log on stderr (stdout carries the audit);
+    /// every value in it is escaped and bounded ([`crate::logging`]).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 }
@@ -96,7 +97,7 @@ pub struct ServeOptions {
 /// Serving (no subcommand): logging to stderr, a multi-threaded runtime,
 /// and [`crate::app::run`] until SIGTERM or SIGINT.
 pub fn serve(options: ServeOptions) -> ExitCode {
-    init_logging(options.log_format);
+    crate::logging::init(options.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -138,20 +139,6 @@ pub fn keygen(caller: &str, namespace: Option<&str>) -> ExitCode {
             eprintln!("error: cannot make an API key: {error}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(format: LogFormat) {
-    // Diagnostics go to stderr: stdout is the audit stream. rmcp logs every
-    // stateless request at info; keep it to warnings by default.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 

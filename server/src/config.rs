@@ -103,11 +103,19 @@ pub fn validate(config: &ServerConfig) -> Result<(), ConfigError> {
     if limits.max_body_bytes == 0
         || limits.request_timeout_seconds == 0
         || limits.upstream_timeout_seconds == 0
+        || limits.header_read_timeout_seconds == 0
+        || limits.idle_timeout_seconds == 0
+        || limits.http2_keep_alive_seconds == 0
+        || limits.max_connections == 0
     {
         return invalid(
-            "limits.maxBodyBytes, requestTimeoutSeconds and upstreamTimeoutSeconds must be positive"
+            "limits.maxBodyBytes, requestTimeoutSeconds, upstreamTimeoutSeconds, headerReadTimeoutSeconds, idleTimeoutSeconds, http2KeepAliveSeconds and maxConnections must be positive"
                 .into(),
         );
+    }
+    // hyper's smallest read buffer; HTTP/2 carries the size as a u32.
+    if !(8192..=u32::MAX as usize).contains(&limits.max_header_bytes) {
+        return invalid("limits.maxHeaderBytes must be between 8192 and 4294967295".into());
     }
     if config.credential_ttl_seconds == 0 {
         return invalid("credentialTtlSeconds must be positive".into());
@@ -460,5 +468,30 @@ access:
         .unwrap_err()
         .to_string();
         assert!(error.contains("burst"), "{error}");
+    }
+
+    #[test]
+    fn limits_written_before_the_connection_limits_load_with_defaults() {
+        let old = format!(
+            "{MINIMAL}limits: {{maxBodyBytes: 1048576, requestTimeoutSeconds: 30, upstreamTimeoutSeconds: 10}}\n"
+        );
+        let config = load(&write("old-limits", &old)).unwrap();
+        assert_eq!(
+            config.limits,
+            bulkhead_crds::server_config::TransportLimits::default()
+        );
+        for (field, value) in [
+            ("maxConnections", "0"),
+            ("headerReadTimeoutSeconds", "0"),
+            ("idleTimeoutSeconds", "0"),
+            ("http2KeepAliveSeconds", "0"),
+            ("maxHeaderBytes", "100"),
+        ] {
+            let text = format!(
+                "{MINIMAL}limits: {{maxBodyBytes: 1, requestTimeoutSeconds: 1, upstreamTimeoutSeconds: 1, {field}: {value}}}\n"
+            );
+            let error = load(&write("bad-limits", &text)).unwrap_err().to_string();
+            assert!(error.contains(field), "{field}: {error}");
+        }
     }
 }

@@ -7,6 +7,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -63,6 +64,13 @@ pub struct TokenRejectionLabels {
     pub reason: &'static str,
 }
 
+/// Labels of the connection metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabels {
+    /// `mcp` or `admin`.
+    pub listener: &'static str,
+}
+
 /// All metrics of the server.
 pub struct Metrics {
     registry: Registry,
@@ -76,6 +84,11 @@ pub struct Metrics {
     pub rate_limited: Family<RateLimitLabels, Counter>,
     /// Upstream failures.
     pub upstream_errors: Family<UpstreamLabels, Counter>,
+    /// Connections open now, by listener.
+    pub connections_open: Family<ListenerLabels, Gauge>,
+    /// Connections closed at once because `limits.maxConnections` were
+    /// open, by listener.
+    pub connections_refused: Family<ListenerLabels, Counter>,
     /// Requests refused because the audit queue was full.
     pub audit_refused: Counter,
     /// Fetches of the OAuth issuer's JWKS.
@@ -123,6 +136,18 @@ impl Default for Metrics {
             "Failed upstream calls by connector and kind",
             upstream_errors.clone(),
         );
+        let connections_open = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Connections open now, by listener",
+            connections_open.clone(),
+        );
+        let connections_refused = Family::<ListenerLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at once because the listener's connection limit was reached",
+            connections_refused.clone(),
+        );
         registry.register(
             "audit_refused",
             "Requests refused (503) because the audit queue was full",
@@ -140,6 +165,8 @@ impl Default for Metrics {
         );
         Self {
             registry,
+            connections_open,
+            connections_refused,
             requests,
             tool_duration,
             auth_failures,

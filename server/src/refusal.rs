@@ -6,6 +6,8 @@
 //! not even speak JSON-RPC; refusals of a JSON-RPC message are JSON-RPC
 //! errors (JSON-RPC 2.0, section 5.1) carrying the request's `id`.
 
+use std::borrow::Cow;
+
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
@@ -18,6 +20,8 @@ use crate::oauth::BearerChallenge;
 pub const PARSE_ERROR: i64 = -32700;
 /// JSON-RPC: the JSON is not a valid request object.
 pub const INVALID_REQUEST: i64 = -32600;
+/// JSON-RPC: the params do not fit the method.
+pub const INVALID_PARAMS: i64 = -32602;
 /// Implementation-defined server error: the caller's rate limit is used up.
 pub const RATE_LIMITED: i64 = -32000;
 /// Implementation-defined server error: the request timed out.
@@ -63,7 +67,15 @@ pub enum Refusal {
         /// [`PARSE_ERROR`] or [`INVALID_REQUEST`].
         code: i64,
         /// What is wrong.
-        message: &'static str,
+        message: Cow<'static, str>,
+    },
+    /// The params do not fit the method (HTTP 200 with JSON-RPC error
+    /// [`INVALID_PARAMS`], as rmcp answers an unknown tool).
+    InvalidParams {
+        /// The request's `id` as raw JSON.
+        id: Option<String>,
+        /// What is wrong.
+        message: Cow<'static, str>,
     },
     /// The caller's request budget is used up (429 with `Retry-After`).
     RateLimited {
@@ -92,6 +104,7 @@ impl Refusal {
             Self::PayloadTooLarge => Outcome::PayloadTooLarge,
             Self::BodyTimeout | Self::Timeout { .. } => Outcome::Timeout,
             Self::BadRequest { .. } => Outcome::BadRequest,
+            Self::InvalidParams { .. } => Outcome::RpcError,
             Self::RateLimited { .. } => Outcome::RateLimited,
         }
     }
@@ -175,7 +188,14 @@ impl IntoResponse for Refusal {
                 StatusCode::BAD_REQUEST,
                 id.as_deref(),
                 code,
-                message,
+                &message,
+                serde_json::Value::Null,
+            ),
+            Self::InvalidParams { id, message } => jsonrpc_error(
+                StatusCode::OK,
+                id.as_deref(),
+                INVALID_PARAMS,
+                &message,
                 serde_json::Value::Null,
             ),
             Self::RateLimited {

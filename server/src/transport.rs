@@ -4,12 +4,14 @@
 //! Order, cheapest refusal first: a place in the audit queue (none: 503,
 //! fail closed), readiness, `Host`/`Origin` (before authentication, so a
 //! DNS-rebinding page learns nothing about keys), API key or access token
-//! ([`crate::authentication`]), body size, per-caller rate limit; then rmcp
-//! within the request timeout; then metrics and exactly one audit line,
-//! whatever the outcome. The line is owned by a guard (`RequestAudit`), so a
-//! request whose future is dropped (the caller closed the connection) or
-//! that panics is still audited, and a server shutdown past its grace period
-//! ends a request with its own outcome.
+//! ([`crate::authentication`]), per-caller rate limit (before the body is
+//! read, so one key cannot hold many slow uploads), body size, the JSON-RPC
+//! checks of [`crate::jsonrpc`]; then rmcp within the request timeout; then
+//! metrics and exactly one audit line, whatever the outcome. The line is
+//! owned by a guard (`RequestAudit`), so a request whose future is dropped
+//! (the caller closed the connection) or that panics is still audited, and a
+//! server shutdown past its grace period ends a request with its own
+//! outcome.
 //!
 //! With OAuth configured the same listener serves the Protected Resource
 //! Metadata (RFC 9728) without authentication, behind the same `Host` and
@@ -38,10 +40,11 @@ use crate::audit::{AuditLog, AuditRecord, AuditSlot, MAX_FIELD_CHARS, Outcome, d
 use crate::authentication::Authenticator;
 use crate::handler::TenantServer;
 use crate::identity::{AuthMethod, CallContext, CallerId, TenantId};
+use crate::jsonrpc;
 use crate::metrics::{Metrics, RequestLabels, method_label};
 use crate::origin_policy::OriginPolicy;
 use crate::rate_limit::{RateLimits, retry_after_seconds};
-use crate::refusal::{INVALID_REQUEST, PARSE_ERROR, Refusal};
+use crate::refusal::{INVALID_PARAMS, Refusal};
 use crate::tools::ToolReport;
 
 /// The rmcp service type this server runs.
@@ -168,8 +171,6 @@ impl Drop for RequestAudit {
 #[derive(Deserialize)]
 struct Envelope<'a> {
     #[serde(borrow, default)]
-    jsonrpc: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     id: Option<&'a RawValue>,
     #[serde(borrow, default)]
     method: Option<Cow<'a, str>>,
@@ -259,6 +260,14 @@ impl McpEndpoint {
             }
         };
         pending.caller = Some(caller.clone());
+        // Before the body is read, so one key cannot hold many slow bodies
+        // open (the refusal then carries no id: JSON-RPC 2.0 section 5).
+        if let Err(wait) = self.rate_limits.check_caller(&caller) {
+            return Err(Refusal::RateLimited {
+                id: None,
+                retry_after_seconds: retry_after_seconds(wait),
+            });
+        }
         let (mut parts, body) = request.into_parts();
         let is_post = parts.method == Method::POST;
         let (bytes, id) = if is_post {
@@ -268,12 +277,6 @@ impl McpEndpoint {
         } else {
             (Bytes::new(), None)
         };
-        if let Err(wait) = self.rate_limits.check_caller(&caller) {
-            return Err(Refusal::RateLimited {
-                id,
-                retry_after_seconds: retry_after_seconds(wait),
-            });
-        }
         let context = CallContext {
             tenant: self.tenant.clone(),
             caller,
@@ -319,34 +322,33 @@ impl McpEndpoint {
     }
 }
 
-/// Fills in method, tool and argument digest; returns the JSON-RPC id (raw
-/// JSON) for error replies made here. A body that is not a JSON-RPC message
-/// is refused with the JSON-RPC error for it.
+/// Checks the body with [`jsonrpc::check`] and fills in method, tool and
+/// argument digest; returns the JSON-RPC id (raw JSON) for error replies
+/// made here.
 fn read_envelope(bytes: &[u8], pending: &mut Pending) -> Result<Option<String>, Refusal> {
-    let Ok(envelope) = serde_json::from_slice::<Envelope<'_>>(bytes) else {
-        let (code, message) = if serde_json::from_slice::<&RawValue>(bytes).is_err() {
-            (PARSE_ERROR, "Parse error: the body is not JSON")
-        } else {
-            (
-                INVALID_REQUEST,
-                "Invalid Request: expected one JSON-RPC 2.0 message object",
-            )
-        };
-        return Err(Refusal::BadRequest {
-            id: None,
-            code,
-            message,
-        });
-    };
-    if envelope.jsonrpc.as_deref() != Some("2.0")
-        || (envelope.method.is_none() && envelope.id.is_none())
-    {
-        return Err(Refusal::BadRequest {
-            id: envelope.id.map(|id| id.get().to_owned()),
-            code: INVALID_REQUEST,
-            message: "Invalid Request: expected a JSON-RPC 2.0 message",
+    let checked = jsonrpc::check(bytes);
+    if let Err(invalid) = checked {
+        let id = invalid.id.as_ref().map(ToString::to_string);
+        if invalid.code != INVALID_PARAMS {
+            return Err(Refusal::BadRequest {
+                id,
+                code: invalid.code,
+                message: invalid.message,
+            });
+        }
+        fill_pending(bytes, pending);
+        return Err(Refusal::InvalidParams {
+            id,
+            message: invalid.message,
         });
     }
+    Ok(fill_pending(bytes, pending))
+}
+
+/// Method, tool and argument digest for the audit line, read without
+/// copying; returns the raw id.
+fn fill_pending(bytes: &[u8], pending: &mut Pending) -> Option<String> {
+    let envelope = serde_json::from_slice::<Envelope<'_>>(bytes).ok()?;
     pending.method = envelope.method.as_deref().map(bounded);
     if envelope.method.as_deref() == Some("tools/call")
         && let Some(params) = envelope
@@ -360,7 +362,7 @@ fn read_envelope(bytes: &[u8], pending: &mut Pending) -> Result<Option<String>, 
                 .map_or(b"{}".as_slice(), |a| a.get().as_bytes()),
         ));
     }
-    Ok(envelope.id.map(|id| id.get().to_owned()))
+    envelope.id.map(|id| id.get().to_owned())
 }
 
 /// The outcome of a request rmcp answered: what the tool reported, else
