@@ -748,7 +748,17 @@ async fn access_rules_apply_alike_to_api_key_and_token_callers() {
 
     // A refused call looks exactly like a call of a tool that does not exist.
     let unknown = call_error(&server, &alice_key, "no_such_tool").await;
-    let lines_before = server.audit().len();
+    // Its line is written after the response: wait for it before counting.
+    let mut lines_before = 0;
+    for _ in 0..200 {
+        let lines = server.audit();
+        if lines.last().is_some_and(|l| l["tool"] == "no_such_tool") {
+            lines_before = lines.len();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(lines_before > 0, "no audit line for the unknown tool");
     for bearer in [&alice_key, &alice_token] {
         assert_eq!(
             call_error(&server, bearer, "github_get_repository").await,
