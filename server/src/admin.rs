@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 
+use crate::audit::AuditHealth;
 use crate::authentication::Authenticator;
 use crate::metrics::Metrics;
 
@@ -22,21 +23,29 @@ pub struct Readiness {
     pub credentials_loaded: AtomicBool,
     /// Set when shutdown starts, so the Service stops routing here.
     pub draining: AtomicBool,
+    /// Whether the audit trail still takes lines; once a write to stdout
+    /// has failed the server stays not ready.
+    pub audit: AuditHealth,
 }
 
 impl Readiness {
     /// Ready: configuration loaded (we are running), keys and credentials
-    /// read, the OAuth issuer reached once, not shutting down.
+    /// read, the OAuth issuer reached once, the audit trail writable, not
+    /// shutting down.
     pub fn is_ready(&self) -> bool {
         self.not_ready_reasons().is_empty()
     }
 
     /// What keeps the server from being ready, one line each (the OAuth
-    /// reason names the issuer); empty when ready.
+    /// reason names the issuer, the audit reason the write error); empty
+    /// when ready.
     pub fn not_ready_reasons(&self) -> Vec<String> {
         let mut reasons = self.auth.not_ready_reasons();
         if !self.credentials_loaded.load(Ordering::Acquire) {
             reasons.push("credentials not loaded yet".to_owned());
+        }
+        if let Some(reason) = self.audit.not_ready_reason() {
+            reasons.push(reason);
         }
         if self.draining.load(Ordering::Acquire) {
             reasons.push("shutting down".to_owned());
@@ -53,8 +62,17 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+/// Liveness: `ok`, except once the audit trail has failed. A process
+/// cannot reopen its stdout, so only a restart (the kubelet's, on this
+/// probe failing) brings the server back into service.
+async fn healthz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    match state.readiness.audit.not_ready_reason() {
+        None => (StatusCode::OK, "ok".to_owned()),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unhealthy: {reason}"),
+        ),
+    }
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> impl IntoResponse {

@@ -147,6 +147,7 @@ impl Server {
         let credentials = credential_store(&config, client, tenant.clone(), poll, &shutdown);
         let readiness = Arc::new(Readiness {
             auth: auth.clone(),
+            audit: audit.health(),
             ..Readiness::default()
         });
         spawn_credential_check(

@@ -10,6 +10,19 @@
 //! only up to a deadline, then reports on stderr how many lines were lost.
 //! Diagnostic logs go to stderr, so stdout carries nothing but audit lines.
 //!
+//! A stdout that returns an error instead of blocking (`EPIPE` once the
+//! reader has closed the pipe: Rust ignores `SIGPIPE`, so the write fails
+//! rather than the process being killed) fails closed too, and for good:
+//! the first write or flush error marks the trail failed ([`AuditHealth`]),
+//! says so once on stderr, and from then on every request is refused and
+//! `/readyz` reports not ready. A process cannot reopen the stdout it was
+//! given, so there is no recovery short of a restart: the failing
+//! readiness probe takes the pod out of the Service, and restarting the pod
+//! brings a fresh stdout. `/healthz` stays up, so the kubelet does not
+//! restart the container on its own. Requests that had reserved
+//! their place before the error was seen are still served; their lines are
+//! part of the unwritten count reported at shutdown.
+//!
 //! The writer is a plain thread with blocking writes rather than a task on
 //! the async runtime: tokio's stdout sends every write and flush through its
 //! blocking pool, and under load those hand-offs cost more than the request
@@ -17,7 +30,7 @@
 
 use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -159,6 +172,58 @@ impl Counts {
     }
 }
 
+/// Whether the audit stream still takes lines: once a write or flush has
+/// failed it never does again (see the module documentation). Cheap to
+/// clone; the default is a healthy stream.
+#[derive(Clone, Debug, Default)]
+pub struct AuditHealth(Arc<OnceLock<String>>);
+
+impl AuditHealth {
+    /// The error that stopped the audit stream, if one did.
+    pub fn failure(&self) -> Option<&str> {
+        self.0.get().map(String::as_str)
+    }
+
+    /// Marks the stream failed with `error`; reports it on stderr the
+    /// first time only.
+    fn fail(&self, error: &std::io::Error) {
+        if self.0.set(error.to_string()).is_ok() {
+            tracing::error!(
+                %error,
+                "cannot write to the audit stream (stdout); every request is refused from now on and /readyz reports not ready; stdout cannot be reopened, so the server must be restarted"
+            );
+        }
+    }
+
+    /// Why the server is not ready, for `/readyz`; `None` while healthy.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        self.failure().map(|error| {
+            format!("audit trail failed: cannot write to stdout ({error}); restart required")
+        })
+    }
+}
+
+/// Why [`AuditLog::reserve`] found no place for a request's line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuditUnavailable {
+    /// The queue holds as many unwritten lines as it may: stdout is not
+    /// keeping up. Places come back as the writer catches up.
+    QueueFull,
+    /// A write to stdout failed; the trail stays failed (see
+    /// [`AuditHealth`]).
+    WriteFailed,
+}
+
+impl AuditUnavailable {
+    /// Label value for `bulkhead_audit_refused_total`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::QueueFull => "queue_full",
+            Self::WriteFailed => "write_failed",
+        }
+    }
+}
+
 /// Hands records to the writer thread. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
@@ -166,6 +231,7 @@ pub struct AuditLog {
     places: Arc<Semaphore>,
     capacity: usize,
     counts: Arc<Counts>,
+    health: AuditHealth,
 }
 
 /// A reserved place in the audit queue: [`AuditSlot::write`] queues the
@@ -206,10 +272,12 @@ impl AuditLog {
         let (done_tx, done) = oneshot::channel();
         let counts = Arc::new(Counts::default());
         let writer_counts = counts.clone();
+        let health = AuditHealth::default();
+        let writer_health = health.clone();
         let thread = std::thread::Builder::new()
             .name("audit-writer".to_owned())
             .spawn(move || {
-                write_lines(&rx, out, &writer_counts);
+                write_lines(&rx, out, &writer_counts, &writer_health);
                 let _ = done_tx.send(());
             })?;
         // Detached on purpose: a writer blocked on a stopped stdout must not
@@ -220,6 +288,7 @@ impl AuditLog {
             places: Arc::new(Semaphore::new(capacity)),
             capacity,
             counts: counts.clone(),
+            health,
         };
         Ok((
             log,
@@ -231,18 +300,30 @@ impl AuditLog {
         ))
     }
 
-    /// Reserves the place of one line; `None` when `capacity` lines are
-    /// already waiting to be written, i.e. the audit stream is not keeping
-    /// up and the request must be refused.
-    pub fn reserve(&self) -> Option<AuditSlot> {
+    /// Reserves the place of one line.
+    ///
+    /// # Errors
+    /// [`AuditUnavailable::WriteFailed`] once a write to the output has
+    /// failed; [`AuditUnavailable::QueueFull`] when `capacity` lines are
+    /// already waiting to be written. Either way the request must be
+    /// refused.
+    pub fn reserve(&self) -> Result<AuditSlot, AuditUnavailable> {
+        if self.health.failure().is_some() {
+            return Err(AuditUnavailable::WriteFailed);
+        }
         self.places
             .clone()
             .try_acquire_owned()
-            .ok()
             .map(|permit| AuditSlot {
                 permit,
                 log: self.clone(),
             })
+            .map_err(|_| AuditUnavailable::QueueFull)
+    }
+
+    /// Whether the output still takes lines, for readiness.
+    pub fn health(&self) -> AuditHealth {
+        self.health.clone()
     }
 
     /// Most memory, in bytes, the queue and the writer's buffer can hold:
@@ -287,60 +368,88 @@ impl AuditWriter {
     }
 }
 
-fn write_lines<W: Write>(rx: &mpsc::Receiver<Message>, out: W, counts: &Counts) {
-    let mut out = BufWriter::with_capacity(WRITE_BUFFER_BYTES, out);
-    let mut line = Vec::with_capacity(512);
-    // Lines in the buffer, counted as written once a flush succeeds.
-    let mut buffered = 0;
+/// The writer thread's state: the buffered output and what it needs to
+/// count lines and report a failure.
+struct Writer<'a, W: Write> {
+    out: BufWriter<W>,
+    line: Vec<u8>,
+    /// Lines in the buffer, counted as written once a flush succeeds.
+    buffered: u64,
+    counts: &'a Counts,
+    health: &'a AuditHealth,
+}
+
+fn write_lines<W: Write>(
+    rx: &mpsc::Receiver<Message>,
+    out: W,
+    counts: &Counts,
+    health: &AuditHealth,
+) {
+    let mut writer = Writer {
+        out: BufWriter::with_capacity(WRITE_BUFFER_BYTES, out),
+        line: Vec::with_capacity(512),
+        buffered: 0,
+        counts,
+        health,
+    };
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
         // Write everything already queued, then flush once.
         while let Some(message) = next {
             match message {
                 Message::Record(record, permit) => {
-                    buffered += write_record(&mut out, &mut line, &record);
+                    writer.write_record(&record);
                     drop(permit);
                 }
                 Message::Finish => {
                     // Late records (none once the listeners are closed) still go out.
                     while let Ok(Message::Record(record, _permit)) = rx.try_recv() {
-                        buffered += write_record(&mut out, &mut line, &record);
+                        writer.write_record(&record);
                     }
-                    flush(&mut out, &mut buffered, counts);
+                    writer.flush();
                     return;
                 }
             }
             next = rx.try_recv().ok();
         }
-        flush(&mut out, &mut buffered, counts);
+        writer.flush();
     }
-    flush(&mut out, &mut buffered, counts);
+    writer.flush();
 }
 
-/// Writes one line into the buffer; 1 if it went in, 0 if it was lost.
-fn write_record<W: Write>(out: &mut W, line: &mut Vec<u8>, record: &AuditRecord) -> u64 {
-    line.clear();
-    if serde_json::to_writer(&mut *line, record).is_err() {
-        return 0;
-    }
-    line.push(b'\n');
-    match out.write_all(line) {
-        Ok(()) => 1,
-        Err(error) => {
-            tracing::error!(%error, "cannot write audit line");
-            0
+impl<W: Write> Writer<'_, W> {
+    /// Writes one line into the buffer. After the output has failed, lines
+    /// are dropped (and stay counted as unwritten) so their places free up
+    /// and shutdown is not held up.
+    fn write_record(&mut self, record: &AuditRecord) {
+        if self.health.failure().is_some() {
+            return;
+        }
+        self.line.clear();
+        if serde_json::to_writer(&mut self.line, record).is_err() {
+            return;
+        }
+        self.line.push(b'\n');
+        match self.out.write_all(&self.line) {
+            Ok(()) => self.buffered += 1,
+            Err(error) => self.health.fail(&error),
         }
     }
-}
 
-fn flush<W: Write>(out: &mut W, buffered: &mut u64, counts: &Counts) {
-    match out.flush() {
-        Ok(()) => {
-            counts.written.fetch_add(*buffered, Ordering::AcqRel);
+    fn flush(&mut self) {
+        if self.health.failure().is_some() {
+            return;
         }
-        Err(error) => tracing::error!(%error, "cannot flush audit stream"),
+        match self.out.flush() {
+            Ok(()) => {
+                self.counts
+                    .written
+                    .fetch_add(self.buffered, Ordering::AcqRel);
+            }
+            Err(error) => self.health.fail(&error),
+        }
+        self.buffered = 0;
     }
-    *buffered = 0;
 }
 
 impl From<ToolOutcome> for Outcome {
@@ -375,6 +484,11 @@ mod tests {
             upstream_status: None,
             tool_cancelled: false,
         }
+    }
+
+    fn place(log: &AuditLog) -> AuditSlot {
+        log.reserve()
+            .unwrap_or_else(|refused| panic!("no place: {refused:?}"))
     }
 
     /// A writer that keeps what it is given, shared with the test.
@@ -420,7 +534,7 @@ mod tests {
         let sink = Sink::default();
         let (log, task) = AuditLog::start(sink.clone(), 1000).unwrap();
         for n in 0..500 {
-            log.reserve().unwrap().write(record(n));
+            place(&log).write(record(n));
         }
         // A clone still held elsewhere must not keep finish() waiting.
         let _held = log.clone();
@@ -447,15 +561,17 @@ mod tests {
         };
         let (log, task) = AuditLog::start(out, 4).unwrap();
         // The first line leaves the queue and blocks the writer in its flush.
-        log.reserve().unwrap().write(record(0));
+        place(&log).write(record(0));
         entered.recv_timeout(Duration::from_secs(5)).unwrap();
         // Four more fill the queue; the fifth finds no place.
         for n in 1..=4 {
-            log.reserve()
-                .unwrap_or_else(|| panic!("place {n} refused"))
-                .write(record(n));
+            place(&log).write(record(n));
         }
-        assert!(log.reserve().is_none());
+        assert_eq!(log.reserve().err(), Some(AuditUnavailable::QueueFull));
+        assert!(
+            log.health().failure().is_none(),
+            "a slow output is not a failed one"
+        );
         assert_eq!(log.memory_bound(), 4 * MAX_RECORD_BYTES + 64 * 1024);
 
         let started = std::time::Instant::now();
@@ -468,13 +584,83 @@ mod tests {
         gate.1.notify_all();
         let mut freed = false;
         for _ in 0..200 {
-            if log.reserve().is_some() {
+            if log.reserve().is_ok() {
                 freed = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(freed, "no place came back after the output resumed");
+    }
+
+    /// An output whose reader has gone: the first `accepted` bytes go
+    /// through, then every write fails with `EPIPE`.
+    struct Broken {
+        accepted: usize,
+        writes: Arc<AtomicU64>,
+    }
+
+    impl Write for Broken {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+            if self.accepted == 0 {
+                return Err(std::io::ErrorKind::BrokenPipe.into());
+            }
+            let taken = bytes.len().min(self.accepted);
+            self.accepted -= taken;
+            Ok(taken)
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_error_fails_the_trail_for_good() {
+        let writes = Arc::new(AtomicU64::new(0));
+        let out = Broken {
+            accepted: 1000,
+            writes: writes.clone(),
+        };
+        let (log, task) = AuditLog::start(out, 64).unwrap();
+        let health = log.health();
+        assert!(health.not_ready_reason().is_none());
+        // Lines go out one flush at a time until the output breaks.
+        let mut queued = 0;
+        for n in 0..200 {
+            if health.failure().is_some() {
+                break;
+            }
+            place(&log).write(record(n));
+            queued += 1;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let error = health.failure().expect("the broken output was not noticed");
+        assert!(error.contains("roken pipe"), "{error}");
+        assert!(queued > 1 && queued < 200, "{queued} lines queued");
+        assert!(
+            health
+                .not_ready_reason()
+                .unwrap()
+                .starts_with("audit trail failed")
+        );
+        // Refused from now on, and no further writes are attempted.
+        let writes_at_failure = writes.load(Ordering::SeqCst);
+        for _ in 0..10 {
+            assert_eq!(log.reserve().err(), Some(AuditUnavailable::WriteFailed));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(writes.load(Ordering::SeqCst), writes_at_failure);
+        // The lines that fit in the 1000 bytes count as written, the rest
+        // as lost.
+        let line_bytes = serde_json::to_vec(&record(0)).unwrap().len() as u64 + 1;
+        let unwritten = task.finish(Duration::from_secs(5)).await;
+        assert!(
+            unwritten < queued && unwritten >= queued - 1000 / line_bytes,
+            "{unwritten} of {queued} unwritten, {line_bytes}-byte lines"
+        );
+        assert!(health.failure().is_some(), "a failed trail stays failed");
     }
 
     #[test]

@@ -50,6 +50,14 @@ pub struct UpstreamLabels {
     pub kind: &'static str,
 }
 
+/// Labels of `bulkhead_audit_refused_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuditRefusedLabels {
+    /// `queue_full` (stdout not keeping up) or `write_failed` (a write to
+    /// stdout failed; the trail stays failed).
+    pub reason: &'static str,
+}
+
 /// Labels of `bulkhead_oauth_jwks_fetches_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JwksFetchLabels {
@@ -89,8 +97,9 @@ pub struct Metrics {
     /// Connections closed at once because `limits.maxConnections` were
     /// open, by listener.
     pub connections_refused: Family<ListenerLabels, Counter>,
-    /// Requests refused because the audit queue was full.
-    pub audit_refused: Counter,
+    /// Requests refused because their audit line could not be taken, by
+    /// reason.
+    pub audit_refused: Family<AuditRefusedLabels, Counter>,
     /// Fetches of the OAuth issuer's JWKS.
     pub jwks_fetches: Family<JwksFetchLabels, Counter>,
     /// Access tokens refused, by reason.
@@ -107,7 +116,7 @@ impl Default for Metrics {
         let auth_failures = Family::<AuthLabels, Counter>::default();
         let rate_limited = Family::<RateLimitLabels, Counter>::default();
         let upstream_errors = Family::<UpstreamLabels, Counter>::default();
-        let audit_refused = Counter::default();
+        let audit_refused = Family::<AuditRefusedLabels, Counter>::default();
         let jwks_fetches = Family::<JwksFetchLabels, Counter>::default();
         let token_rejections = Family::<TokenRejectionLabels, Counter>::default();
         let mut registry = Registry::with_prefix("bulkhead");
@@ -150,7 +159,7 @@ impl Default for Metrics {
         );
         registry.register(
             "audit_refused",
-            "Requests refused (503) because the audit queue was full",
+            "Requests refused (503) because the audit trail could not take their line (queue full, or stdout failed)",
             audit_refused.clone(),
         );
         registry.register(
@@ -242,14 +251,22 @@ mod tests {
                 tool: "whoami".into(),
             })
             .observe(0.001);
-        metrics.audit_refused.inc();
+        metrics
+            .audit_refused
+            .get_or_create(&AuditRefusedLabels {
+                reason: "queue_full",
+            })
+            .inc();
         let text = metrics.encode();
         assert!(
             text.contains("bulkhead_mcp_requests_total{method=\"ping\",outcome=\"ok\"} 1"),
             "{text}"
         );
         assert!(text.contains("bulkhead_auth_failures_total{reason=\"missing\"} 1"));
-        assert!(text.contains("bulkhead_audit_refused_total 1"), "{text}");
+        assert!(
+            text.contains("bulkhead_audit_refused_total{reason=\"queue_full\"} 1"),
+            "{text}"
+        );
         assert!(
             text.contains("bulkhead_tool_duration_seconds_count{tool=\"whoami\"} 1"),
             "{text}"

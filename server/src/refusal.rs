@@ -12,8 +12,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
 use crate::api_keys::AuthFailure;
-use crate::audit::Outcome;
-use crate::metrics::{AuthLabels, Metrics, RateLimitLabels};
+use crate::audit::{AuditUnavailable, Outcome};
+use crate::metrics::{AuditRefusedLabels, AuthLabels, Metrics, RateLimitLabels};
 use crate::oauth::BearerChallenge;
 
 /// JSON-RPC: the body is not JSON.
@@ -33,10 +33,11 @@ pub enum Refusal {
     /// Callers cannot be verified yet: API keys not loaded, or the OAuth
     /// issuer's keys never fetched (503, `Retry-After: 1`).
     NotReady,
-    /// The audit queue is full, so the request could not be audited and is
-    /// not served (503, `Retry-After: 1`). Counted in
-    /// `bulkhead_audit_refused_total`; it has no audit line.
-    AuditFull,
+    /// The request could not be audited, so it is not served (503,
+    /// `Retry-After: 1`): the audit queue is full, or a write to stdout
+    /// failed and the trail stays failed. Counted in
+    /// `bulkhead_audit_refused_total{reason}`; it has no audit line.
+    AuditUnavailable(AuditUnavailable),
     /// The server is shutting down and the grace period is over
     /// (503, `Retry-After: 1`).
     ShuttingDown,
@@ -97,7 +98,7 @@ impl Refusal {
     /// The audit outcome.
     pub fn outcome(&self) -> Outcome {
         match self {
-            Self::NotReady | Self::AuditFull => Outcome::Unavailable,
+            Self::NotReady | Self::AuditUnavailable(_) => Outcome::Unavailable,
             Self::ShuttingDown => Outcome::Shutdown,
             Self::Forbidden(_) | Self::InsufficientScope(_) => Outcome::Forbidden,
             Self::Unauthenticated { .. } => Outcome::Unauthenticated,
@@ -124,8 +125,13 @@ impl Refusal {
                     })
                     .inc();
             }
-            Self::AuditFull => {
-                metrics.audit_refused.inc();
+            Self::AuditUnavailable(reason) => {
+                metrics
+                    .audit_refused
+                    .get_or_create(&AuditRefusedLabels {
+                        reason: reason.as_str(),
+                    })
+                    .inc();
             }
             Self::InsufficientScope(_) => {
                 metrics
@@ -150,8 +156,11 @@ impl IntoResponse for Refusal {
     fn into_response(self) -> Response {
         match self {
             Self::NotReady => unavailable("Service Unavailable: not ready"),
-            Self::AuditFull => {
+            Self::AuditUnavailable(AuditUnavailable::QueueFull) => {
                 unavailable("Service Unavailable: the audit trail is not keeping up")
+            }
+            Self::AuditUnavailable(AuditUnavailable::WriteFailed) => {
+                unavailable("Service Unavailable: the audit trail has failed")
             }
             Self::ShuttingDown => unavailable("Service Unavailable: shutting down"),
             Self::Forbidden(reason) => plain(StatusCode::FORBIDDEN, reason),

@@ -1,8 +1,8 @@
 //! The MCP endpoint: Streamable HTTP on `/mcp`, with the security layers in
 //! front of rmcp's stateless service.
 //!
-//! Order, cheapest refusal first: a place in the audit queue (none: 503,
-//! fail closed), readiness, `Host`/`Origin` (before authentication, so a
+//! Order, cheapest refusal first: a place in the audit queue (none, or the
+//! audit stream has failed: 503, fail closed), readiness, `Host`/`Origin` (before authentication, so a
 //! DNS-rebinding page learns nothing about keys), API key or access token
 //! ([`crate::authentication`]), per-caller rate limit (before the body is
 //! read, so one key cannot hold many slow uploads), body size, the JSON-RPC
@@ -196,10 +196,13 @@ fn bounded(text: &str) -> String {
 pub async fn serve_mcp(State(endpoint): State<Arc<McpEndpoint>>, request: Request) -> Response {
     let started = Instant::now();
     let request_id: Arc<str> = Arc::from(uuid::Uuid::new_v4().to_string());
-    let Some(slot) = endpoint.audit.reserve() else {
-        let refusal = Refusal::AuditFull;
-        refusal.observe(&endpoint.metrics, &request_id);
-        return refusal.into_response();
+    let slot = match endpoint.audit.reserve() {
+        Ok(slot) => slot,
+        Err(unavailable) => {
+            let refusal = Refusal::AuditUnavailable(unavailable);
+            refusal.observe(&endpoint.metrics, &request_id);
+            return refusal.into_response();
+        }
     };
     let mut audit = RequestAudit {
         endpoint: endpoint.clone(),

@@ -3,11 +3,13 @@
 //! shutdown mid-request and an upstream failure, with the upstream call
 //! cancelled when the request ends first; and a stdout nobody reads, which
 //! must bound memory, refuse requests with 503 instead of losing their lines,
-//! and still let SIGTERM end the process within the drain deadline.
+//! and still let SIGTERM end the process within the drain deadline; and a
+//! stdout whose reader has gone (`EPIPE`), after which the server refuses
+//! every request and is not ready, for good.
 
 mod common;
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -381,7 +383,10 @@ async fn a_stopped_stdout_bounds_memory_refuses_requests_and_shutdown_keeps_its_
     let metrics = server.metrics().await;
     let refused = (refused_first + refused_more) as u64;
     assert_eq!(
-        metric(&metrics, "bulkhead_audit_refused_total "),
+        metric(
+            &metrics,
+            "bulkhead_audit_refused_total{reason=\"queue_full\"} "
+        ),
         refused,
         "{metrics}"
     );
@@ -432,5 +437,136 @@ async fn a_stopped_stdout_bounds_memory_refuses_requests_and_shutdown_keeps_its_
     assert!(
         unwritten <= served - written + (64 * 1024 / 200),
         "{unwritten} reported, {written} written of {served}"
+    );
+}
+
+#[tokio::test]
+async fn a_closed_stdout_fails_closed_for_good() {
+    let upstream = DelayedUpstream::start(Duration::from_secs(1)).await;
+    let key = generate_api_key().unwrap();
+    let mut server = TestServer::start_with_stdout(
+        "closed-stdout",
+        &config(&upstream.url, 10),
+        &[("alice", &key)],
+        &[("token", "t")],
+        &[],
+        true,
+    )
+    .await;
+    let mut audit_pipe = BufReader::new(server.take_stdout().unwrap());
+    let client = http();
+    let body = call_body(1, "whoami", json!({}));
+    let whoami = || async {
+        post_with(
+            &client,
+            &server,
+            &key,
+            body.clone(),
+            Duration::from_secs(10),
+        )
+        .send()
+        .await
+        .unwrap()
+    };
+
+    // A few requests are served and their lines read from the pipe.
+    for n in 0..3 {
+        assert_eq!(whoami().await.status(), 200);
+        let mut line = String::new();
+        audit_pipe.read_line(&mut line).unwrap();
+        let line: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(line["outcome"], "ok", "line {n}");
+    }
+
+    // The reader goes away: the next write fails with EPIPE (SIGPIPE is
+    // ignored, so the process lives on). Requests already past the audit
+    // gate are served; once the failure is seen, requests are refused.
+    drop(audit_pipe);
+    let mut served_after_close = 0;
+    let mut refused = None;
+    for _ in 0..100 {
+        let response = whoami().await;
+        if response.status() == 503 {
+            refused = Some(response);
+            break;
+        }
+        assert_eq!(response.status(), 200);
+        served_after_close += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let refused = refused.unwrap_or_else(|| panic!("never refused: {}", server.stderr()));
+    assert!(served_after_close >= 1, "refused before any write failed");
+    assert!(
+        served_after_close <= 3,
+        "{served_after_close} served after close"
+    );
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert_eq!(
+        refused.text().await.unwrap(),
+        "Service Unavailable: the audit trail has failed"
+    );
+
+    // Stays failed: every further request is refused and /readyz names
+    // the audit trail.
+    for _ in 0..20 {
+        let response = whoami().await;
+        assert_eq!(response.status(), 503);
+        assert!(response.headers().contains_key("retry-after"));
+    }
+    let readyz = client
+        .get(format!("{}/readyz", server.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(readyz.status(), 503);
+    let reason = readyz.text().await.unwrap();
+    assert!(
+        reason.starts_with("not ready: audit trail failed: cannot write to stdout (Broken pipe"),
+        "{reason}"
+    );
+    // Liveness fails too, so the kubelet restarts the container with a
+    // fresh stdout.
+    let healthz = client
+        .get(format!("{}/healthz", server.admin_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(healthz.status(), 503);
+    let reason = healthz.text().await.unwrap();
+    assert!(
+        reason.starts_with("unhealthy: audit trail failed"),
+        "{reason}"
+    );
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "bulkhead_audit_refused_total{reason=\"write_failed\"} "
+        ),
+        21,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "bulkhead_mcp_requests_total{method=\"tools/call\",outcome=\"ok\"} "
+        ),
+        3 + served_after_close
+    );
+
+    // SIGTERM still ends the process cleanly (exit status 0), and stderr
+    // reported the failure once, not per request.
+    let server = server.stop().await;
+    let stderr = server.stderr();
+    assert_eq!(
+        stderr.matches("cannot write to the audit stream").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{served_after_close} audit lines could not be written"
+        )),
+        "{stderr}"
     );
 }

@@ -498,26 +498,7 @@ async fn a_rotated_key_works_without_restart_and_bogus_kids_cannot_hammer_the_is
     let flood: Vec<TestKey> = (0..5)
         .map(|n| TestKey::generate(&format!("bogus-{n}")))
         .collect();
-    let mut requests = Vec::new();
-    for round in 0..40 {
-        let token = flood[round % flood.len()].sign(&claims(&issuer, "u"));
-        let url = server.mcp_url.clone();
-        requests.push(tokio::spawn(async move {
-            http()
-                .post(url)
-                .header("content-type", "application/json")
-                .header("accept", "application/json, text/event-stream")
-                .bearer_auth(token)
-                .body(whoami())
-                .send()
-                .await
-                .unwrap()
-                .status()
-        }));
-    }
-    for request in requests {
-        assert_eq!(request.await.unwrap(), 401);
-    }
+    flood_of_unknown_kids(&server, &flood, &claims(&issuer, "u"), 40).await;
     // Sequential bogus kids over about 3 s.
     for n in 0..30 {
         let response = server
@@ -562,6 +543,87 @@ async fn a_rotated_key_works_without_restart_and_bogus_kids_cannot_hammer_the_is
         )),
         "{metrics}"
     );
+}
+
+/// Sends `count` concurrent `whoami` requests, with tokens signed by
+/// `keys` in turn (kids the issuer never published), and checks that
+/// every one is refused with 401.
+async fn flood_of_unknown_kids(
+    server: &TestServer,
+    keys: &[TestKey],
+    claims: &Value,
+    count: usize,
+) {
+    let mut requests = Vec::new();
+    for round in 0..count {
+        let token = keys[round % keys.len()].sign(claims);
+        let url = server.mcp_url.clone();
+        requests.push(tokio::spawn(async move {
+            http()
+                .post(url)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .bearer_auth(token)
+                .body(whoami())
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }));
+    }
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 401);
+    }
+}
+
+#[tokio::test]
+async fn a_key_rotated_right_after_start_is_accepted_at_once() {
+    let old = TestKey::generate("old");
+    let issuer = TestIssuer::start(&[&old]).await;
+    // A long interval: a start-up fetch that counted against it would
+    // refuse the rotated key for a minute.
+    let auth = oauth_config(&issuer, RESOURCE_A, "")
+        .replace("jwksMinRefreshSeconds: 2", "jwksMinRefreshSeconds: 60");
+    let server = TestServer::start(
+        "oauth-early-rotation",
+        &config("acme", "  []", &auth),
+        &[],
+        &[("token", "upstream-credential")],
+        &[],
+    )
+    .await;
+    assert_eq!(issuer.jwks_fetches(), 1, "fetched once before ready");
+
+    // The issuer rotates within a second of the start-up fetch.
+    let new = TestKey::generate("new");
+    issuer.publish(&[&new]);
+    let response = server
+        .post(Some(&new.sign(&claims(&issuer, "u"))), &whoami())
+        .await;
+    assert_eq!(response.status(), 200, "{}", server.stderr());
+    assert_eq!(issuer.jwks_fetches(), 2, "one fetch for the new kid");
+
+    // That fetch counts: within the interval, a flood of unknown kids and
+    // a second rotation cause no further fetch.
+    let bogus: Vec<TestKey> = (0..5)
+        .map(|n| TestKey::generate(&format!("bogus-{n}")))
+        .collect();
+    flood_of_unknown_kids(&server, &bogus, &claims(&issuer, "u"), 40).await;
+    let newer = TestKey::generate("newer");
+    issuer.publish(&[&new, &newer]);
+    let response = server
+        .post(Some(&newer.sign(&claims(&issuer, "u"))), &whoami())
+        .await;
+    assert_eq!(response.status(), 401);
+    assert_eq!(
+        issuer.jwks_fetches(),
+        2,
+        "no fetch within jwksMinRefreshSeconds of the last unknown-kid fetch"
+    );
+    let response = server
+        .post(Some(&new.sign(&claims(&issuer, "u"))), &whoami())
+        .await;
+    assert_eq!(response.status(), 200, "known keys keep working");
 }
 
 #[tokio::test]
@@ -686,7 +748,17 @@ async fn access_rules_apply_alike_to_api_key_and_token_callers() {
 
     // A refused call looks exactly like a call of a tool that does not exist.
     let unknown = call_error(&server, &alice_key, "no_such_tool").await;
-    let lines_before = server.audit().len();
+    // Its line is written after the response: wait for it before counting.
+    let mut lines_before = 0;
+    for _ in 0..200 {
+        let lines = server.audit();
+        if lines.last().is_some_and(|l| l["tool"] == "no_such_tool") {
+            lines_before = lines.len();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(lines_before > 0, "no audit line for the unknown tool");
     for bearer in [&alice_key, &alice_token] {
         assert_eq!(
             call_error(&server, bearer, "github_get_repository").await,

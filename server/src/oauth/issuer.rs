@@ -4,12 +4,14 @@
 //! The keys are fetched once before the server is ready, refreshed every
 //! [`REFRESH_INTERVAL`] (so a key the issuer withdraws stops verifying),
 //! and fetched again when a token names an unknown `kid` (the issuer
-//! rotated its key) — but never more often than `jwksMinRefreshSeconds`,
-//! so a flood of tokens with made-up `kid`s cannot turn into a flood of
-//! requests to the issuer. Fetches go through the same address guard as
-//! connectors: private addresses only with `allowPrivateIssuer`, cloud
-//! metadata and link-local addresses never; no redirects, bounded time and
-//! size.
+//! rotated its key). Only those unknown-`kid` fetches are rate limited —
+//! one at a time, at most one per `jwksMinRefreshSeconds` — so a flood of
+//! tokens with made-up `kid`s cannot turn into a flood of requests to the
+//! issuer, while a key rotated right after start or after a periodic
+//! refresh is still picked up at once. Fetches go through the same address
+//! guard as connectors: private addresses only with `allowPrivateIssuer`,
+//! cloud metadata and link-local addresses never; no redirects, bounded
+//! time and size.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -124,10 +126,11 @@ pub struct Issuer {
     keys: RwLock<Option<Arc<KeySet>>>,
     /// The `jwks_uri` from the metadata, once read.
     jwks_uri: RwLock<Option<Url>>,
-    /// When the JWKS was last fetched; held across a fetch, so concurrent
-    /// requests with an unknown `kid` wait for one fetch instead of each
-    /// starting their own.
-    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// When a token's unknown `kid` last caused a JWKS fetch (the start-up
+    /// and periodic fetches do not count against the rate limit). Held
+    /// across every JWKS fetch, so concurrent requests with an unknown
+    /// `kid` wait for one fetch instead of each starting their own.
+    unknown_kid_fetch: tokio::sync::Mutex<Option<Instant>>,
     /// The last error, for readiness.
     last_error: Mutex<Option<IssuerError>>,
 }
@@ -168,7 +171,7 @@ impl Issuer {
             metrics,
             keys: RwLock::default(),
             jwks_uri: RwLock::default(),
-            last_fetch: tokio::sync::Mutex::default(),
+            unknown_kid_fetch: tokio::sync::Mutex::default(),
             last_error: Mutex::default(),
         })
     }
@@ -216,21 +219,23 @@ impl Issuer {
         if let Ok(mut current) = self.jwks_uri.write() {
             *current = Some(jwks_uri.clone());
         }
-        let mut last = self.last_fetch.lock().await;
-        *last = Some(Instant::now());
+        // Serialised with unknown-kid fetches, but not counted against
+        // their rate limit.
+        let _fetching = self.unknown_kid_fetch.lock().await;
         let keys = self.fetch_keys(&jwks_uri).await?;
         self.replace_keys(keys);
         Ok(())
     }
 
     /// The key for a token's `kid` (or the sole key, for a token without
-    /// one). An unknown `kid` fetches the JWKS again, unless it was fetched
-    /// within the last `jwksMinRefreshSeconds`.
+    /// one). An unknown `kid` fetches the JWKS again, unless an unknown
+    /// `kid` already caused a fetch within the last `jwksMinRefreshSeconds`
+    /// (the start-up and periodic fetches do not count).
     pub async fn key(&self, kid: Option<&str>) -> Option<Arc<SigningKey>> {
         if let Some(key) = self.current_keys()?.find(kid) {
             return Some(key);
         }
-        let mut last = self.last_fetch.lock().await;
+        let mut last = self.unknown_kid_fetch.lock().await;
         // Another request may have fetched while this one waited.
         if let Some(key) = self.current_keys()?.find(kid) {
             return Some(key);
