@@ -10,10 +10,12 @@
 //!
 //! With the issuer out of reach the server pods never become ready. No
 //! kubelet runs here (and kwok would mark pods Ready without running them),
-//! so the test sees what the operator reports for a Deployment that is not
-//! available: `Ready=False` and a `ServerAvailable` message naming the
-//! issuer. That a real server stays unready without its issuer is tested
-//! against the binary in `tests/oauth` (`resource-server.test.mjs`).
+//! so the two halves are shown apart: the operator's report on a Deployment
+//! that is not available (`Ready=False`, the README's `ServerAvailable`
+//! message naming the issuer), and the real `bulkhead-server` started on
+//! loopback with the ConfigMap's configuration as is and a token of the
+//! pod's ServiceAccount, its Secrets in place, answering `/readyz` with 503
+//! and the unreachable issuer as its only reason.
 //!
 //! Invalid `spec.auth` and `spec.access` are refused by the API server
 //! naming the field, and the same Tenants stored under a laxer CRD (as
@@ -22,20 +24,25 @@
 //! never apply a Tenant under the lax CRD.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
 use bulkhead_crds::Tenant;
-use bulkhead_crds::server_config::{CONFIG_FILE_KEY, CONFIG_MAP_NAME, ServerConfig};
+use bulkhead_crds::server_config::{
+    API_KEYS_SECRET_NAME, CONFIG_FILE_KEY, CONFIG_MAP_NAME, CREDENTIALS_SECRET_NAME, ServerConfig,
+};
 use bulkhead_crds::tenant::SigningAlgorithm;
 use bulkhead_envtest::ControlPlane;
-use bulkhead_envtest::binaries::repository_root;
+use bulkhead_envtest::binaries::{repository_root, server_binary};
 use bulkhead_envtest::netpol::{Conn, IpRange, Protocol, evaluate, read_back};
+use bulkhead_envtest::process::ManagedProcess;
 use bulkhead_envtest::tenants::{RECONCILE_TIMEOUT, example, wait_for};
-use bulkhead_operator::desired::deployment::DEPLOYMENT_NAME;
+use bulkhead_operator::desired::deployment::{DEPLOYMENT_NAME, TOKEN_EXPIRATION_SECONDS};
 use bulkhead_operator::desired::network_policy::NETWORK_POLICY_NAME;
 use bulkhead_operator::labels::TENANT_LABEL;
+use bulkhead_server::api_keys::{generate_api_key, hash_api_key};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -48,6 +55,8 @@ use tokio::sync::RwLock;
 const CRD: &str = "tenants.bulkhead.dev";
 /// How long a CRD change may take to reach the API server's handlers.
 const CRD_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the server may take to start and to give up on the issuer once.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Held for writing while the CRD is swapped for a laxer one.
 static CRD_SWAP: RwLock<()> = RwLock::const_new(());
 
@@ -292,13 +301,7 @@ async fn the_readme_example_is_reconciled_and_reaches_its_issuer_exactly() -> Re
 
     // The configuration: the OAuth section with defaults, the resource's
     // host beside the in-cluster names, the access rules; and it loads.
-    let maps: Api<ConfigMap> = Api::namespaced(admin.clone(), &cp.tenant_namespace(public));
-    let text = maps
-        .get(CONFIG_MAP_NAME)
-        .await?
-        .data
-        .and_then(|mut d| d.remove(CONFIG_FILE_KEY))
-        .context("no server.yaml in the ConfigMap")?;
+    let text = config_map_text(&admin, &cp.tenant_namespace(public)).await?;
     let dir = tempfile::tempdir()?;
     let path = dir.path().join(CONFIG_FILE_KEY);
     std::fs::write(&path, &text)?;
@@ -329,13 +332,7 @@ async fn the_readme_example_is_reconciled_and_reaches_its_issuer_exactly() -> Re
     // An issuer in a listed private range or in the cluster may be reached
     // at a private address.
     for id in [private, in_cluster] {
-        let maps: Api<ConfigMap> = Api::namespaced(admin.clone(), &cp.tenant_namespace(id));
-        let text = maps
-            .get(CONFIG_MAP_NAME)
-            .await?
-            .data
-            .and_then(|mut d| d.remove(CONFIG_FILE_KEY))
-            .context("no server.yaml")?;
+        let text = config_map_text(&admin, &cp.tenant_namespace(id)).await?;
         let config: ServerConfig = yaml_serde::from_str(&text)?;
         assert!(
             config.auth.oauth.is_some_and(|o| o.allow_private_issuer),
@@ -415,8 +412,123 @@ async fn with_the_issuer_out_of_reach_the_tenant_is_not_ready_and_names_it() -> 
     ])?;
     assert_eq!(shown.trim(), available.message);
     eprintln!("{id}: {}", available.message);
+
+    // What such a pod would say: the real server with the ConfigMap's
+    // configuration, as the pod's ServiceAccount, its Secrets in place. Its
+    // only unmet condition is the issuer (not reachable from here at all).
+    cp.kubectl_apply(&secret(
+        &namespace,
+        API_KEYS_SECRET_NAME,
+        &[("ci-release", &hash_api_key(&generate_api_key()?))],
+    ))?;
+    cp.kubectl_apply(&secret(
+        &namespace,
+        CREDENTIALS_SECRET_NAME,
+        &[("github_token", "a-token")],
+    ))?;
+    let (server, admin_addr) =
+        start_server(cp, id, &config_map_text(&admin, &namespace).await?).await?;
+    let http = reqwest::Client::builder().no_proxy().build()?;
+    let readyz = format!("http://{admin_addr}/readyz");
+    let reachable = format!("not ready: OAuth issuer {ISSUER} not reachable yet: ");
+    let body = wait_for(
+        "the server's /readyz to name the unreachable issuer alone",
+        START_TIMEOUT,
+        || async {
+            let response = http.get(&readyz).send().await?;
+            let status = response.status().as_u16();
+            let body = response.text().await?;
+            ensure!(status == 503, "/readyz answered {status}: {body}");
+            if body.starts_with(&reachable) && !body.contains("; ") {
+                Ok(Some(body))
+            } else {
+                bail!("/readyz: {body}")
+            }
+        },
+    )
+    .await?;
+    eprintln!("{id}: the server's /readyz: {body}");
+    drop(server);
     cp.delete_tenant(&admin, id).await?;
     Ok(())
+}
+
+/// A Secret as the platform team creates it (`kubectl apply`).
+fn secret(namespace: &str, name: &str, data: &[(&str, &str)]) -> Value {
+    let data: serde_json::Map<String, Value> = data
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), json!(value)))
+        .collect();
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": name, "namespace": namespace},
+        "stringData": data,
+    })
+}
+
+/// `server.yaml` of the ConfigMap the operator wrote in `namespace`.
+async fn config_map_text(admin: &Client, namespace: &str) -> Result<String> {
+    let maps: Api<ConfigMap> = Api::namespaced(admin.clone(), namespace);
+    maps.get(CONFIG_MAP_NAME)
+        .await?
+        .data
+        .and_then(|mut d| d.remove(CONFIG_FILE_KEY))
+        .context("no server.yaml in the ConfigMap")
+}
+
+/// Starts `bulkhead-server` with `config` (the ConfigMap's text, as is) and
+/// the token the kubelet would project for ServiceAccount `mcp-server` of
+/// tenant `id`, on loopback; returns the process (ended when dropped) and
+/// the admin listener's address.
+async fn start_server(
+    cp: &ControlPlane,
+    id: &str,
+    config: &str,
+) -> Result<(ManagedProcess, SocketAddr)> {
+    let namespace = cp.tenant_namespace(id);
+    let dir = cp.work_dir().join(format!("server-{id}"));
+    std::fs::create_dir_all(&dir)?;
+    let config_path = dir.join(CONFIG_FILE_KEY);
+    std::fs::write(&config_path, config)?;
+    let token = cp
+        .service_account_token(&namespace, "mcp-server", TOKEN_EXPIRATION_SECONDS)
+        .await?;
+    let kubeconfig = cp.kubeconfig_with_token(&format!("server-{id}.kubeconfig"), &token)?;
+    let ready_file = dir.join("ready.json");
+    let mut command = Command::new(server_binary()?);
+    for (var, _) in std::env::vars_os() {
+        let text = var.to_string_lossy();
+        if text.starts_with("BULKHEAD_") || text.starts_with("KUBERNETES_") {
+            command.env_remove(var);
+        }
+    }
+    command
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "info")
+        .arg("--config")
+        .arg(&config_path)
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .arg("--ready-file")
+        .arg(&ready_file)
+        .args(["--log-format", "json"]);
+    let log = cp.work_dir().join("logs").join(format!("server-{id}.log"));
+    let process = cp
+        .supervisor()
+        .spawn(&format!("bulkhead-server {id}"), command, &log)?;
+    let addresses: Value = wait_for("the server's ready file", START_TIMEOUT, || async {
+        process.ensure_running()?;
+        Ok(std::fs::read_to_string(&ready_file)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok()))
+    })
+    .await?;
+    let admin = addresses["admin"]
+        .as_str()
+        .context("no admin address in the ready file")?
+        .parse()
+        .context("the admin address")?;
+    Ok((process, admin))
 }
 
 fn tenants_dynamic(client: &Client) -> Api<DynamicObject> {
