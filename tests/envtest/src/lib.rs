@@ -37,6 +37,7 @@ pub mod binaries;
 pub mod control_plane;
 pub mod install;
 pub mod kstatus;
+pub mod netpol;
 pub mod nodes;
 pub mod pki;
 pub mod process;
