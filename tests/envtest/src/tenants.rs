@@ -12,10 +12,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use bulkhead_crds::Tenant;
 use bulkhead_operator::desired::{TenantObjects, desired_objects, namespace_name};
+use bulkhead_operator::labels::TENANT_LABEL;
 use bulkhead_operator::settings::OperatorSettings;
-use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::api::{
+    ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
@@ -177,6 +180,29 @@ impl ControlPlane {
         )
         .await?;
         stored
+    }
+
+    /// Waits (at most [`RECONCILE_TIMEOUT`]) until exactly `count` pods of
+    /// tenant `id` (by the operator's tenant label) stand in its namespace,
+    /// and returns them.
+    pub async fn wait_server_pods(
+        &self,
+        admin: &Client,
+        id: &str,
+        count: usize,
+    ) -> Result<Vec<Pod>> {
+        let namespace = self.tenant_namespace(id);
+        let pods: Api<Pod> = Api::namespaced(admin.clone(), &namespace);
+        let selector = format!("{TENANT_LABEL}={id}");
+        wait_for(
+            &format!("{count} server pods in {namespace}"),
+            RECONCILE_TIMEOUT,
+            || async {
+                let listed = pods.list(&ListParams::default().labels(&selector)).await?;
+                Ok((listed.items.len() == count).then_some(listed.items))
+            },
+        )
+        .await
     }
 
     /// The settings the harness gives every operator it starts, so tests

@@ -35,16 +35,16 @@ use bulkhead_crds::server_config::{
 use bulkhead_crds::tenant::SigningAlgorithm;
 use bulkhead_envtest::ControlPlane;
 use bulkhead_envtest::binaries::repository_root;
-use bulkhead_envtest::netpol::{Conn, IpRange, Protocol, evaluate, read_back};
-use bulkhead_envtest::tenants::{RECONCILE_TIMEOUT, accepted, example, example_json, wait_for};
+use bulkhead_envtest::netpol::{Conn, IpRange, Protocol, evaluate, pause_pod, read_back_world};
+use bulkhead_envtest::tenants::{
+    RECONCILE_TIMEOUT, accepted, example, example_json, wait_default_service_account, wait_for,
+};
 use bulkhead_operator::desired::deployment::DEPLOYMENT_NAME;
 use bulkhead_operator::desired::network_policy::NETWORK_POLICY_NAME;
-use bulkhead_operator::labels::TENANT_LABEL;
 use bulkhead_server::api_keys::{generate_api_key, hash_api_key};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::api::{ApiResource, ListParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio::sync::RwLock;
@@ -90,18 +90,6 @@ fn readme_unavailable_message() -> Result<String> {
         .context("README's ServerAvailable command has no output")
 }
 
-fn pod(namespace: &str, name: &str, labels: &Value) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": {
-            "automountServiceAccountToken": false,
-            "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10"}],
-        },
-    })
-}
-
 /// The example with its issuer moved: `issuer_network` replaces
 /// `spec.auth.oauth.issuerNetwork`.
 fn example_with_issuer_at(id: &str, issuer_network: Value) -> Result<Value> {
@@ -113,22 +101,12 @@ fn example_with_issuer_at(id: &str, issuer_network: Value) -> Result<Value> {
 /// The one pod the Deployment controller made for tenant `id`, as
 /// `namespace/name`.
 async fn server_pod(cp: &ControlPlane, admin: &Client, id: &str) -> Result<String> {
-    let namespace = cp.tenant_namespace(id);
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), &namespace);
-    let selector = format!("{TENANT_LABEL}={id}");
-    let name = wait_for(
-        &format!("the server pod in {namespace}"),
-        RECONCILE_TIMEOUT,
-        || async {
-            let listed = pods.list(&ListParams::default().labels(&selector)).await?;
-            Ok(match listed.items.as_slice() {
-                [one] => one.metadata.name.clone(),
-                _ => None,
-            })
-        },
-    )
-    .await?;
-    Ok(format!("{namespace}/{name}"))
+    let pods = cp.wait_server_pods(admin, id, 1).await?;
+    let name = pods
+        .first()
+        .and_then(|p| p.metadata.name.as_deref())
+        .context("unnamed server pod")?;
+    Ok(format!("{}/{name}", cp.tenant_namespace(id)))
 }
 
 /// The `spec` of the NetworkPolicy stored in `namespace`, as JSON.
@@ -166,23 +144,17 @@ async fn the_readme_example_is_reconciled_and_reaches_its_issuer_exactly() -> Re
     // and kube-dns, which every server may reach.
     let keycloak = |name: &str| json!({ISSUER_LABEL.0: ISSUER_LABEL.1, "pod": name});
     let world = [
-        pod("kube-system", "coredns-0", &json!({"k8s-app": "kube-dns"})),
-        pod(ISSUER_NAMESPACE, "keycloak-0", &keycloak("keycloak-0")),
-        pod(ISSUER_NAMESPACE, "admin-0", &json!({"app": "admin"})),
-        pod("issuer-lookalike", "keycloak-0", &keycloak("lookalike")),
+        pause_pod("kube-system", "coredns-0", &json!({"k8s-app": "kube-dns"})),
+        pause_pod(ISSUER_NAMESPACE, "keycloak-0", &keycloak("keycloak-0")),
+        pause_pod(ISSUER_NAMESPACE, "admin-0", &json!({"app": "admin"})),
+        pause_pod("issuer-lookalike", "keycloak-0", &keycloak("lookalike")),
     ];
     let mut namespaces = BTreeSet::new();
     for name in ["kube-system", ISSUER_NAMESPACE, "issuer-lookalike"] {
         cp.kubectl_apply(
             &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
         )?;
-        let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), name);
-        wait_for(
-            &format!("ServiceAccount {name}/default"),
-            RECONCILE_TIMEOUT,
-            || async { Ok(accounts.get_opt("default").await?) },
-        )
-        .await?;
+        wait_default_service_account(&admin, name).await?;
         namespaces.insert(name.to_owned());
     }
     for object in &world {
@@ -233,14 +205,7 @@ async fn the_readme_example_is_reconciled_and_reaches_its_issuer_exactly() -> Re
     );
 
     // What the policies allow, by the evaluator, over the objects read back.
-    let mut objects = Vec::new();
-    for resource in [
-        ApiResource::erase::<Namespace>(&()),
-        ApiResource::erase::<NetworkPolicy>(&()),
-        ApiResource::erase::<Pod>(&()),
-    ] {
-        objects.extend(read_back(&admin, &resource, &namespaces).await?);
-    }
+    let objects = read_back_world(&admin, &namespaces).await?;
     let map = evaluate(&objects)?;
     let [public_pod, private_pod, in_cluster_pod] = servers.as_slice() else {
         bail!("expected three server pods, got {servers:?}");
