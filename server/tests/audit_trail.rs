@@ -18,7 +18,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use bulkhead_server::api_keys::generate_api_key;
-use common::{TestServer, call_body, http};
+use common::{TestServer, call_body, http, serve_on_loopback};
 use serde_json::{Value, json};
 
 /// What a [`DelayedUpstream`] saw: requests begun, answered, and dropped
@@ -77,13 +77,8 @@ impl DelayedUpstream {
                 delay,
                 calls: calls.clone(),
             });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
         Self {
-            url: format!("http://{addr}"),
+            url: serve_on_loopback(app).await,
             calls,
         }
     }

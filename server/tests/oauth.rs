@@ -18,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bulkhead_server::api_keys::generate_api_key;
-use common::{TestServer, Upstream, call_body, config, github_connector, http};
+use common::{TestServer, Upstream, call_body, config, github_connector, http, serve_on_loopback};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rcgen::PublicKeyData;
@@ -117,12 +117,10 @@ impl TestIssuer {
             )
             .route("/jwks", axum::routing::get(jwks))
             .with_state(state.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        // Nobody knows the URL before it is returned, so the metadata
+        // cannot be asked for before it names the issuer.
+        let url = serve_on_loopback(app).await;
         *state.url.lock().unwrap() = url.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
         Self { url, state }
     }
 

@@ -445,28 +445,26 @@ mod tests {
         Issuer::new(url, false, Duration::from_secs(30), Arc::default()).unwrap()
     }
 
-    #[test]
-    fn metadata_urls_follow_the_path_insertion_rule() {
-        let urls: Vec<String> = issuer("https://idp.example/realms/acme")
+    fn metadata_urls(url: &str) -> Vec<String> {
+        issuer(url)
             .metadata_urls()
             .iter()
             .map(Url::to_string)
-            .collect();
+            .collect()
+    }
+
+    #[test]
+    fn metadata_urls_follow_the_path_insertion_rule() {
         assert_eq!(
-            urls,
+            metadata_urls("https://idp.example/realms/acme"),
             [
                 "https://idp.example/.well-known/oauth-authorization-server/realms/acme",
                 "https://idp.example/.well-known/openid-configuration/realms/acme",
                 "https://idp.example/realms/acme/.well-known/openid-configuration",
             ]
         );
-        let urls: Vec<String> = issuer("https://idp.example")
-            .metadata_urls()
-            .iter()
-            .map(Url::to_string)
-            .collect();
         assert_eq!(
-            urls,
+            metadata_urls("https://idp.example"),
             [
                 "https://idp.example/.well-known/oauth-authorization-server",
                 "https://idp.example/.well-known/openid-configuration",

@@ -19,6 +19,17 @@ use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::transport::streamable_http_client::StreamableHttpClientTransportConfig;
 use serde_json::{Value, json};
 
+/// Serves `app` on a loopback port of its own for the rest of the test;
+/// returns its base URL (`http://127.0.0.1:<port>`).
+pub async fn serve_on_loopback(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    format!("http://{addr}")
+}
+
 /// One request the upstream received.
 #[derive(Clone, Debug)]
 pub struct Seen {
@@ -91,13 +102,8 @@ impl Upstream {
                 label,
                 seen: seen.clone(),
             });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
         Self {
-            url: format!("http://{addr}"),
+            url: serve_on_loopback(app).await,
             seen,
         }
     }

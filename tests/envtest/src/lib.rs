@@ -41,6 +41,7 @@ pub mod netpol;
 pub mod nodes;
 pub mod pki;
 pub mod process;
+pub mod server;
 pub mod tenants;
 
 pub use audit::{AuditEvent, AuditLog, AuditMark};

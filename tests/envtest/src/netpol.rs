@@ -14,9 +14,11 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::{ApiResource, DynamicObject, ListParams, TypeMeta};
 use kube::{Api, Client, ResourceExt};
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::binaries::repository_root;
 
@@ -564,4 +566,46 @@ pub async fn read_back(
         }
     }
     Ok(objects)
+}
+
+/// What the evaluator judges: every Namespace, NetworkPolicy and Pod of
+/// `namespaces`, read back as [`read_back`] does.
+pub async fn read_back_world(client: &Client, namespaces: &BTreeSet<String>) -> Result<Vec<Value>> {
+    let mut objects = Vec::new();
+    for resource in [
+        ApiResource::erase::<Namespace>(&()),
+        ApiResource::erase::<NetworkPolicy>(&()),
+        ApiResource::erase::<Pod>(&()),
+    ] {
+        objects.extend(read_back(client, &resource, namespaces).await?);
+    }
+    Ok(objects)
+}
+
+/// A pause pod `namespace/name` with `labels` (a JSON object), standing in
+/// for a workload: admitted under Pod Security `restricted` wherever it is
+/// created (Kubernetes "Pod Security Standards").
+pub fn pause_pod(namespace: &str, name: &str, labels: &Value) -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {
+            "automountServiceAccountToken": false,
+            "securityContext": {
+                "runAsNonRoot": true,
+                "runAsUser": 65535,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            },
+            "containers": [{
+                "name": "main",
+                "image": "registry.k8s.io/pause:3.10",
+                "securityContext": {
+                    "allowPrivilegeEscalation": false,
+                    "capabilities": {"drop": ["ALL"]},
+                },
+                "resources": {"limits": {"cpu": "10m", "memory": "16Mi"}},
+            }],
+        },
+    })
 }

@@ -12,10 +12,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use bulkhead_crds::Tenant;
 use bulkhead_operator::desired::{TenantObjects, desired_objects, namespace_name};
+use bulkhead_operator::labels::TENANT_LABEL;
 use bulkhead_operator::settings::OperatorSettings;
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{
+    ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::{Api, Client, ResourceExt};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::audit::{AuditEvent, AuditMark};
 use crate::binaries::repository_root;
@@ -24,6 +29,11 @@ use crate::install::OPERATOR_USER;
 
 /// How long a Tenant may take to be reconciled on a busy 2-core machine.
 pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The name of the Tenant CustomResourceDefinition.
+pub const TENANT_CRD: &str = "tenants.bulkhead.dev";
+/// How long a CRD change may take to reach the API server's handlers.
+pub const CRD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `manifests/examples/<file>` as a Tenant renamed to `id`.
 pub fn example(file: &str, id: &str) -> Result<Tenant> {
@@ -34,6 +44,77 @@ pub fn example(file: &str, id: &str) -> Result<Tenant> {
         yaml_serde::from_str(&text).with_context(|| format!("parse {}", path.display()))?;
     tenant.metadata.name = Some(id.to_owned());
     Ok(tenant)
+}
+
+/// `manifests/examples/<file>` renamed to `id`, as JSON to edit freely
+/// (with `apiVersion` and `kind`, so it can be sent as is).
+pub fn example_json(file: &str, id: &str) -> Result<Value> {
+    let mut value = serde_json::to_value(example(file, id)?)?;
+    value["apiVersion"] = json!("bulkhead.dev/v1alpha1");
+    value["kind"] = json!("Tenant");
+    Ok(value)
+}
+
+/// Tenants as plain JSON objects: reads and writes that the operator's
+/// types could not hold (a malformed Tenant does not deserialize).
+pub fn tenants_dynamic(client: &Client) -> Api<DynamicObject> {
+    let resource =
+        ApiResource::from_gvk(&GroupVersionKind::gvk("bulkhead.dev", "v1alpha1", "Tenant"));
+    Api::all_with(client.clone(), &resource)
+}
+
+/// The API server's verdict on creating the Tenant `object` (dry run):
+/// `Ok(Err(message))` when it refuses it as invalid (422), `Err` for any
+/// other failure.
+pub async fn accepted(client: &Client, object: &Value) -> Result<std::result::Result<(), String>> {
+    let object: DynamicObject = serde_json::from_value(object.clone())?;
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    Ok(
+        match tenants_dynamic(client).create(&dry_run, &object).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 422 => Err(status.message),
+            Err(error) => return Err(error.into()),
+        },
+    )
+}
+
+/// Waits (at most [`RECONCILE_TIMEOUT`]) for ServiceAccount `default` of
+/// `namespace`: the ServiceAccount admission plugin refuses pods until the
+/// controller manager has made it.
+pub async fn wait_default_service_account(client: &Client, namespace: &str) -> Result<()> {
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+    wait_for(
+        &format!("ServiceAccount {namespace}/default"),
+        RECONCILE_TIMEOUT,
+        || async { Ok(accounts.get_opt("default").await?.map(drop)) },
+    )
+    .await
+}
+
+/// Replaces the Tenant CRD's `spec` schema by one that preserves anything,
+/// as an older, laxer CRD would have; [`ControlPlane::apply_manifests`]
+/// restores it.
+async fn relax_tenant_crd(admin: &Client) -> Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
+    let mut lax = crds.get(TENANT_CRD).await?;
+    lax.metadata.managed_fields = None;
+    for version in &mut lax.spec.versions {
+        let schema = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+            .context("CRD without schema")?;
+        let mut relaxed = serde_json::to_value(&*schema)?;
+        relaxed["properties"]["spec"] =
+            json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
+        *schema = serde_json::from_value(relaxed)?;
+    }
+    crds.replace(TENANT_CRD, &PostParams::default(), &lax)
+        .await?;
+    Ok(())
 }
 
 /// Waits until `check` returns `Some`, polling every 200 ms for at most
@@ -62,6 +143,68 @@ where
 }
 
 impl ControlPlane {
+    /// Stores `objects` (Tenants the installed CRD refuses) the way they
+    /// reach a real cluster: under a laxer CRD whose `spec` preserves
+    /// anything, as stored objects are not re-validated when a stricter CRD
+    /// is applied. `probe` is a Tenant the installed CRD refuses: once the
+    /// API server accepts it (dry run) the lax CRD is served. The installed
+    /// CRD is restored whatever happened, and the call returns once the API
+    /// server refuses `probe` again (each wait at most [`CRD_TIMEOUT`]).
+    ///
+    /// Tests that apply Tenants on the same control plane meanwhile would
+    /// see the lax CRD: callers keep them apart.
+    pub async fn store_under_lax_crd(
+        &self,
+        admin: &Client,
+        probe: &Value,
+        objects: &[&Value],
+    ) -> Result<()> {
+        let stored = async {
+            relax_tenant_crd(admin).await?;
+            wait_for("the lax CRD to be served", CRD_TIMEOUT, || async {
+                Ok(accepted(admin, probe).await?.is_ok().then_some(()))
+            })
+            .await?;
+            for object in objects {
+                self.kubectl_apply(object)?;
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        // Restore the installed CRD whatever happened.
+        self.apply_manifests()?;
+        wait_for(
+            "the installed CRD to be served again",
+            CRD_TIMEOUT,
+            || async { Ok(accepted(admin, probe).await?.is_err().then_some(())) },
+        )
+        .await?;
+        stored
+    }
+
+    /// Waits (at most [`RECONCILE_TIMEOUT`]) until exactly `count` pods of
+    /// tenant `id` (by the operator's tenant label) stand in its namespace,
+    /// and returns them.
+    pub async fn wait_server_pods(
+        &self,
+        admin: &Client,
+        id: &str,
+        count: usize,
+    ) -> Result<Vec<Pod>> {
+        let namespace = self.tenant_namespace(id);
+        let pods: Api<Pod> = Api::namespaced(admin.clone(), &namespace);
+        let selector = format!("{TENANT_LABEL}={id}");
+        wait_for(
+            &format!("{count} server pods in {namespace}"),
+            RECONCILE_TIMEOUT,
+            || async {
+                let listed = pods.list(&ListParams::default().labels(&selector)).await?;
+                Ok((listed.items.len() == count).then_some(listed.items))
+            },
+        )
+        .await
+    }
+
     /// The settings the harness gives every operator it starts, so tests
     /// can build what the operator builds.
     pub fn operator_settings(&self) -> OperatorSettings {

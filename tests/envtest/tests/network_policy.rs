@@ -38,17 +38,12 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use bulkhead_envtest::ControlPlane;
 use bulkhead_envtest::netpol::{
     Conn, Connectivity, Family, IpRange, Protocol, address_of, canonical, describe, evaluate,
-    read_back,
+    pause_pod, read_back_world,
 };
-use bulkhead_envtest::tenants::{RECONCILE_TIMEOUT, example, wait_for};
+use bulkhead_envtest::tenants::{example, wait_default_service_account};
 use bulkhead_operator::desired::desired_objects;
-use bulkhead_operator::labels::TENANT_LABEL;
 use bulkhead_operator::render::parse_tenant;
 use bulkhead_operator::settings::OperatorSettings;
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::Api;
-use kube::api::{ApiResource, ListParams};
 use serde_json::{Value, json};
 
 // ---------------------------------------------------------------------------
@@ -164,62 +159,36 @@ fn namespace(name: &str, labels: &[(&str, &str)]) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": all}})
 }
 
-fn pod(namespace: &str, name: &str, labels: &Value) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        // Admitted under Pod Security `restricted`, wherever it is created.
-        "spec": {
-            "automountServiceAccountToken": false,
-            "securityContext": {
-                "runAsNonRoot": true,
-                "runAsUser": 65535,
-                "seccompProfile": {"type": "RuntimeDefault"},
-            },
-            "containers": [{
-                "name": "main",
-                "image": "registry.k8s.io/pause:3.10",
-                "securityContext": {
-                    "allowPrivilegeEscalation": false,
-                    "capabilities": {"drop": ["ALL"]},
-                },
-                "resources": {"limits": {"cpu": "10m", "memory": "16Mi"}},
-            }],
-        },
-    })
-}
-
 /// Namespaces and pods around the tenants: the same in both variants.
 fn surroundings() -> Vec<Value> {
     vec![
         namespace(KUBE_SYSTEM, &[]),
-        pod(KUBE_SYSTEM, "coredns-0", &json!({"k8s-app": "kube-dns"})),
-        pod(
+        pause_pod(KUBE_SYSTEM, "coredns-0", &json!({"k8s-app": "kube-dns"})),
+        pause_pod(
             KUBE_SYSTEM,
             "metrics-server-0",
             &json!({"k8s-app": "metrics-server"}),
         ),
         namespace(GATEWAY_NAMESPACE, &[("bulkhead.dev/gateway", "true")]),
-        pod(
+        pause_pod(
             GATEWAY_NAMESPACE,
             "gateway-0",
             &json!({"app.kubernetes.io/name": "mcp-gateway"}),
         ),
         namespace(AGENTS_NAMESPACE, &[]),
-        pod(
+        pause_pod(
             AGENTS_NAMESPACE,
             "agent-0",
             &json!({"app.kubernetes.io/name": "agent"}),
         ),
         namespace(LOOKALIKE_NAMESPACE, &[("bulkhead.dev/gateway", "true")]),
-        pod(
+        pause_pod(
             LOOKALIKE_NAMESPACE,
             "lookalike-0",
             &json!({"app.kubernetes.io/name": "lookalike"}),
         ),
         namespace(NO_RIGHTS_NAMESPACE, &[]),
-        pod(
+        pause_pod(
             NO_RIGHTS_NAMESPACE,
             "client-0",
             &json!({"app.kubernetes.io/name": "client"}),
@@ -240,7 +209,7 @@ fn server_pods(deployment: &Value) -> Result<Vec<Value>> {
     );
     let replicas = deployment["spec"]["replicas"].as_u64().unwrap_or(1);
     Ok((0..replicas)
-        .map(|i| pod(namespace, &format!("mcp-server-{i}"), labels))
+        .map(|i| pause_pod(namespace, &format!("mcp-server-{i}"), labels))
         .collect())
 }
 
@@ -751,13 +720,7 @@ async fn stored_policies_allow_exactly_the_expected_matrix() -> Result<()> {
     // The ServiceAccount admission plugin refuses pods until the namespace's
     // `default` ServiceAccount exists.
     for namespace in &namespaces {
-        let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), namespace);
-        wait_for(
-            &format!("ServiceAccount {namespace}/default"),
-            RECONCILE_TIMEOUT,
-            || async { Ok(accounts.get_opt("default").await?) },
-        )
-        .await?;
+        wait_default_service_account(&admin, namespace).await?;
     }
     for object in surroundings.iter().filter(|o| o["kind"] == "Pod") {
         cp.kubectl_apply(object)?;
@@ -774,17 +737,7 @@ async fn stored_policies_allow_exactly_the_expected_matrix() -> Result<()> {
         let namespace = cp.tenant_namespace(id);
         namespaces.insert(namespace.clone());
         let replicas = usize::try_from(tenant.spec.server.replicas.unwrap_or(1))?;
-        let pods: Api<Pod> = Api::namespaced(admin.clone(), &namespace);
-        let selector = format!("{TENANT_LABEL}={id}");
-        let made = wait_for(
-            &format!("{replicas} server pods in {namespace}"),
-            RECONCILE_TIMEOUT,
-            || async {
-                let listed = pods.list(&ListParams::default().labels(&selector)).await?;
-                Ok((listed.items.len() == replicas).then_some(()))
-            },
-        )
-        .await;
+        let made = cp.wait_server_pods(&admin, id, replicas).await;
         if let Err(error) = made {
             let state = cp.kubectl_ok(&[
                 "get",
@@ -809,14 +762,7 @@ async fn stored_policies_allow_exactly_the_expected_matrix() -> Result<()> {
         }
     }
 
-    let mut objects = Vec::new();
-    for resource in [
-        ApiResource::erase::<Namespace>(&()),
-        ApiResource::erase::<NetworkPolicy>(&()),
-        ApiResource::erase::<Pod>(&()),
-    ] {
-        objects.extend(read_back(&admin, &resource, &namespaces).await?);
-    }
+    let objects = read_back_world(&admin, &namespaces).await?;
     let policies = objects
         .iter()
         .filter(|o| o["kind"] == "NetworkPolicy")

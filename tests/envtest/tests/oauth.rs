@@ -24,8 +24,7 @@
 //! never apply a Tenant under the lax CRD.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::process::Command;
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -35,26 +34,21 @@ use bulkhead_crds::server_config::{
 };
 use bulkhead_crds::tenant::SigningAlgorithm;
 use bulkhead_envtest::ControlPlane;
-use bulkhead_envtest::binaries::{repository_root, server_binary};
-use bulkhead_envtest::netpol::{Conn, IpRange, Protocol, evaluate, read_back};
-use bulkhead_envtest::process::ManagedProcess;
-use bulkhead_envtest::tenants::{RECONCILE_TIMEOUT, example, wait_for};
-use bulkhead_operator::desired::deployment::{DEPLOYMENT_NAME, TOKEN_EXPIRATION_SECONDS};
+use bulkhead_envtest::binaries::repository_root;
+use bulkhead_envtest::netpol::{Conn, IpRange, Protocol, evaluate, pause_pod, read_back_world};
+use bulkhead_envtest::tenants::{
+    RECONCILE_TIMEOUT, accepted, example, example_json, wait_default_service_account, wait_for,
+};
+use bulkhead_operator::desired::deployment::DEPLOYMENT_NAME;
 use bulkhead_operator::desired::network_policy::NETWORK_POLICY_NAME;
-use bulkhead_operator::labels::TENANT_LABEL;
 use bulkhead_server::api_keys::{generate_api_key, hash_api_key};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
 use tokio::sync::RwLock;
 
-const CRD: &str = "tenants.bulkhead.dev";
-/// How long a CRD change may take to reach the API server's handlers.
-const CRD_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the server may take to start and to give up on the issuer once.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// Held for writing while the CRD is swapped for a laxer one.
@@ -96,18 +90,6 @@ fn readme_unavailable_message() -> Result<String> {
         .context("README's ServerAvailable command has no output")
 }
 
-fn pod(namespace: &str, name: &str, labels: &Value) -> Value {
-    json!({
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace, "labels": labels},
-        "spec": {
-            "automountServiceAccountToken": false,
-            "containers": [{"name": "main", "image": "registry.k8s.io/pause:3.10"}],
-        },
-    })
-}
-
 /// The example with its issuer moved: `issuer_network` replaces
 /// `spec.auth.oauth.issuerNetwork`.
 fn example_with_issuer_at(id: &str, issuer_network: Value) -> Result<Value> {
@@ -119,22 +101,12 @@ fn example_with_issuer_at(id: &str, issuer_network: Value) -> Result<Value> {
 /// The one pod the Deployment controller made for tenant `id`, as
 /// `namespace/name`.
 async fn server_pod(cp: &ControlPlane, admin: &Client, id: &str) -> Result<String> {
-    let namespace = cp.tenant_namespace(id);
-    let pods: Api<Pod> = Api::namespaced(admin.clone(), &namespace);
-    let selector = format!("{TENANT_LABEL}={id}");
-    let name = wait_for(
-        &format!("the server pod in {namespace}"),
-        RECONCILE_TIMEOUT,
-        || async {
-            let listed = pods.list(&ListParams::default().labels(&selector)).await?;
-            Ok(match listed.items.as_slice() {
-                [one] => one.metadata.name.clone(),
-                _ => None,
-            })
-        },
-    )
-    .await?;
-    Ok(format!("{namespace}/{name}"))
+    let pods = cp.wait_server_pods(admin, id, 1).await?;
+    let name = pods
+        .first()
+        .and_then(|p| p.metadata.name.as_deref())
+        .context("unnamed server pod")?;
+    Ok(format!("{}/{name}", cp.tenant_namespace(id)))
 }
 
 /// The `spec` of the NetworkPolicy stored in `namespace`, as JSON.
@@ -172,23 +144,17 @@ async fn the_readme_example_is_reconciled_and_reaches_its_issuer_exactly() -> Re
     // and kube-dns, which every server may reach.
     let keycloak = |name: &str| json!({ISSUER_LABEL.0: ISSUER_LABEL.1, "pod": name});
     let world = [
-        pod("kube-system", "coredns-0", &json!({"k8s-app": "kube-dns"})),
-        pod(ISSUER_NAMESPACE, "keycloak-0", &keycloak("keycloak-0")),
-        pod(ISSUER_NAMESPACE, "admin-0", &json!({"app": "admin"})),
-        pod("issuer-lookalike", "keycloak-0", &keycloak("lookalike")),
+        pause_pod("kube-system", "coredns-0", &json!({"k8s-app": "kube-dns"})),
+        pause_pod(ISSUER_NAMESPACE, "keycloak-0", &keycloak("keycloak-0")),
+        pause_pod(ISSUER_NAMESPACE, "admin-0", &json!({"app": "admin"})),
+        pause_pod("issuer-lookalike", "keycloak-0", &keycloak("lookalike")),
     ];
     let mut namespaces = BTreeSet::new();
     for name in ["kube-system", ISSUER_NAMESPACE, "issuer-lookalike"] {
         cp.kubectl_apply(
             &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
         )?;
-        let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), name);
-        wait_for(
-            &format!("ServiceAccount {name}/default"),
-            RECONCILE_TIMEOUT,
-            || async { Ok(accounts.get_opt("default").await?) },
-        )
-        .await?;
+        wait_default_service_account(&admin, name).await?;
         namespaces.insert(name.to_owned());
     }
     for object in &world {
@@ -239,14 +205,7 @@ async fn the_readme_example_is_reconciled_and_reaches_its_issuer_exactly() -> Re
     );
 
     // What the policies allow, by the evaluator, over the objects read back.
-    let mut objects = Vec::new();
-    for resource in [
-        ApiResource::erase::<Namespace>(&()),
-        ApiResource::erase::<NetworkPolicy>(&()),
-        ApiResource::erase::<Pod>(&()),
-    ] {
-        objects.extend(read_back(&admin, &resource, &namespaces).await?);
-    }
+    let objects = read_back_world(&admin, &namespaces).await?;
     let map = evaluate(&objects)?;
     let [public_pod, private_pod, in_cluster_pod] = servers.as_slice() else {
         bail!("expected three server pods, got {servers:?}");
@@ -426,10 +385,12 @@ async fn with_the_issuer_out_of_reach_the_tenant_is_not_ready_and_names_it() -> 
         CREDENTIALS_SECRET_NAME,
         &[("github_token", "a-token")],
     ))?;
-    let (server, admin_addr) =
-        start_server(cp, id, &config_map_text(&admin, &namespace).await?).await?;
+    // The configuration as the ConfigMap carries it, the token as the
+    // kubelet would project it for ServiceAccount `mcp-server`.
+    let config = config_map_text(&admin, &namespace).await?;
+    let server = cp.start_server(id, &config, &namespace, "info").await?;
     let http = reqwest::Client::builder().no_proxy().build()?;
-    let readyz = format!("http://{admin_addr}/readyz");
+    let readyz = format!("http://{}/readyz", server.admin);
     let reachable = format!("not ready: OAuth issuer {ISSUER} not reachable yet: ");
     let body = wait_for(
         "the server's /readyz to name the unreachable issuer alone",
@@ -477,116 +438,13 @@ async fn config_map_text(admin: &Client, namespace: &str) -> Result<String> {
         .context("no server.yaml in the ConfigMap")
 }
 
-/// Starts `bulkhead-server` with `config` (the ConfigMap's text, as is) and
-/// the token the kubelet would project for ServiceAccount `mcp-server` of
-/// tenant `id`, on loopback; returns the process (ended when dropped) and
-/// the admin listener's address.
-async fn start_server(
-    cp: &ControlPlane,
-    id: &str,
-    config: &str,
-) -> Result<(ManagedProcess, SocketAddr)> {
-    let namespace = cp.tenant_namespace(id);
-    let dir = cp.work_dir().join(format!("server-{id}"));
-    std::fs::create_dir_all(&dir)?;
-    let config_path = dir.join(CONFIG_FILE_KEY);
-    std::fs::write(&config_path, config)?;
-    let token = cp
-        .service_account_token(&namespace, "mcp-server", TOKEN_EXPIRATION_SECONDS)
-        .await?;
-    let kubeconfig = cp.kubeconfig_with_token(&format!("server-{id}.kubeconfig"), &token)?;
-    let ready_file = dir.join("ready.json");
-    let mut command = Command::new(server_binary()?);
-    for (var, _) in std::env::vars_os() {
-        let text = var.to_string_lossy();
-        if text.starts_with("BULKHEAD_") || text.starts_with("KUBERNETES_") {
-            command.env_remove(var);
-        }
-    }
-    command
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "info")
-        .arg("--config")
-        .arg(&config_path)
-        .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-        .arg("--ready-file")
-        .arg(&ready_file)
-        .args(["--log-format", "json"]);
-    let log = cp.work_dir().join("logs").join(format!("server-{id}.log"));
-    let process = cp
-        .supervisor()
-        .spawn(&format!("bulkhead-server {id}"), command, &log)?;
-    let addresses: Value = wait_for("the server's ready file", START_TIMEOUT, || async {
-        process.ensure_running()?;
-        Ok(std::fs::read_to_string(&ready_file)
-            .ok()
-            .and_then(|text| serde_json::from_str(&text).ok()))
-    })
-    .await?;
-    let admin = addresses["admin"]
-        .as_str()
-        .context("no admin address in the ready file")?
-        .parse()
-        .context("the admin address")?;
-    Ok((process, admin))
-}
-
-fn tenants_dynamic(client: &Client) -> Api<DynamicObject> {
-    let resource =
-        ApiResource::from_gvk(&GroupVersionKind::gvk("bulkhead.dev", "v1alpha1", "Tenant"));
-    Api::all_with(client.clone(), &resource)
-}
-
-/// The API server's verdict on creating `object` (dry run): `Err` with its
-/// message when it refuses it (422).
-async fn accepted(client: &Client, object: &Value) -> Result<std::result::Result<(), String>> {
-    let object: DynamicObject = serde_json::from_value(object.clone())?;
-    let dry_run = PostParams {
-        dry_run: true,
-        ..PostParams::default()
-    };
-    Ok(
-        match tenants_dynamic(client).create(&dry_run, &object).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 422 => Err(status.message),
-            Err(error) => return Err(error.into()),
-        },
-    )
-}
-
-/// Replaces the CRD's `spec` schema by one that preserves anything (as an
-/// older, laxer CRD would have); `apply_manifests` restores it.
-async fn relax_crd(admin: &Client) -> Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    let mut lax = crds.get(CRD).await?;
-    lax.metadata.managed_fields = None;
-    for version in &mut lax.spec.versions {
-        let schema = version
-            .schema
-            .as_mut()
-            .and_then(|s| s.open_api_v3_schema.as_mut())
-            .context("CRD without schema")?;
-        let mut relaxed = serde_json::to_value(&*schema)?;
-        relaxed["properties"]["spec"] =
-            json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
-        *schema = serde_json::from_value(relaxed)?;
-    }
-    crds.replace(CRD, &PostParams::default(), &lax).await?;
-    Ok(())
-}
-
 #[tokio::test]
 #[ignore = "needs the envtest control plane: tests/envtest/run.sh"]
 async fn invalid_auth_is_refused_naming_the_field_and_stored_is_invalid_spec() -> Result<()> {
     let cp = ControlPlane::shared();
     cp.install_bulkhead();
     let admin = cp.admin_client().await?;
-    let example_json = |id: &str| -> Result<Value> {
-        let mut value = serde_json::to_value(example("oauth.yaml", id)?)?;
-        value["apiVersion"] = json!("bulkhead.dev/v1alpha1");
-        value["kind"] = json!("Tenant");
-        Ok(value)
-    };
+    let example_json = |id: &str| example_json("oauth.yaml", id);
 
     // The example as written is accepted.
     if let Err(message) = accepted(&admin, &example_json("oauth-valid")?).await? {
@@ -629,34 +487,8 @@ async fn invalid_auth_is_refused_naming_the_field_and_stored_is_invalid_spec() -
     // can only name the list); nothing is created.
     {
         let _swap = CRD_SWAP.write().await;
-        relax_crd(&admin).await?;
-        let stored = wait_for("the lax CRD to be served", CRD_TIMEOUT, || async {
-            Ok(accepted(&admin, &token_subject)
-                .await?
-                .is_ok()
-                .then_some(()))
-        })
-        .await;
-        let applied = match stored {
-            Ok(()) => cp
-                .kubectl_apply(&token_subject)
-                .and_then(|_| cp.kubectl_apply(&http_issuer)),
-            Err(error) => Err(error),
-        };
-        // Restore the installed CRD whatever happened.
-        cp.apply_manifests()?;
-        wait_for(
-            "the installed CRD to be served again",
-            CRD_TIMEOUT,
-            || async {
-                Ok(accepted(&admin, &token_subject)
-                    .await?
-                    .is_err()
-                    .then_some(()))
-            },
-        )
-        .await?;
-        applied?;
+        cp.store_under_lax_crd(&admin, &token_subject, &[&token_subject, &http_issuer])
+            .await?;
     }
     let namespaces: Api<Namespace> = Api::all(admin.clone());
     let stored = [

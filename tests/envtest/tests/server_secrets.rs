@@ -11,8 +11,6 @@
 //! on loopback; in a cluster the NetworkPolicy decides what is reachable.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,11 +22,10 @@ use bulkhead_crds::server_config::{
     SecretSource, ServerConfig,
 };
 use bulkhead_crds::tenant::{AllowRule, Connector, ConnectorType, CredentialRef};
-use bulkhead_envtest::binaries::server_binary;
 use bulkhead_envtest::process::ManagedProcess;
+use bulkhead_envtest::server::StartedServer;
 use bulkhead_envtest::tenants::{example, wait_for};
 use bulkhead_envtest::{AuditEvent, ControlPlane};
-use bulkhead_operator::desired::deployment::TOKEN_EXPIRATION_SECONDS;
 use bulkhead_server::api_keys::{generate_api_key, hash_api_key};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::Api;
@@ -160,57 +157,21 @@ impl RunningServer {
         config: &ServerConfig,
         token_namespace: &str,
     ) -> Result<Self> {
-        let dir = cp.work_dir().join(format!("server-{name}"));
-        std::fs::create_dir_all(&dir)?;
-        let config_path = dir.join(CONFIG_FILE_KEY);
-        std::fs::write(&config_path, yaml_serde::to_string(config)?)?;
-        // What the kubelet projects into the pod: a token of the pod's
-        // ServiceAccount for the API server's audience, valid one hour.
-        let token = cp
-            .service_account_token(token_namespace, "mcp-server", TOKEN_EXPIRATION_SECONDS)
+        let StartedServer {
+            process,
+            mcp,
+            admin,
+        } = cp
+            .start_server(
+                name,
+                &yaml_serde::to_string(config)?,
+                token_namespace,
+                "info,rmcp=warn",
+            )
             .await?;
-        let kubeconfig = cp.kubeconfig_with_token(&format!("server-{name}.kubeconfig"), &token)?;
-        let ready_file: PathBuf = dir.join("ready.json");
-        let mut command = Command::new(server_binary()?);
-        for (var, _) in std::env::vars_os() {
-            let var_text = var.to_string_lossy();
-            if var_text.starts_with("BULKHEAD_") || var_text.starts_with("KUBERNETES_") {
-                command.env_remove(var);
-            }
-        }
-        command
-            .env("KUBECONFIG", &kubeconfig)
-            .env("RUST_LOG", "info,rmcp=warn")
-            .arg("--config")
-            .arg(&config_path)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .arg("--ready-file")
-            .arg(&ready_file)
-            .args(["--log-format", "json"]);
-        let process = cp.supervisor().spawn(
-            &format!("bulkhead-server {name}"),
-            command,
-            &cp.work_dir()
-                .join("logs")
-                .join(format!("server-{name}.log")),
-        )?;
-        let addrs: Value = wait_for("the server's ready file", START_TIMEOUT, || async {
-            process.ensure_running()?;
-            Ok(std::fs::read_to_string(&ready_file)
-                .ok()
-                .and_then(|text| serde_json::from_str(&text).ok()))
-        })
-        .await?;
-        let parse = |key: &str| -> Result<SocketAddr> {
-            addrs[key]
-                .as_str()
-                .context("address missing")?
-                .parse()
-                .context("bad address")
-        };
         Ok(Self {
-            mcp: parse("mcp")?,
-            admin: parse("admin")?,
+            mcp,
+            admin,
             host: format!(
                 "mcp.{}.svc.cluster.local:{MCP_PORT}",
                 config

@@ -15,51 +15,15 @@
 //! The CRD is swapped for a while, so this file holds one test and runs on
 //! its own control plane.
 
-use std::time::Duration;
-
 use anyhow::{Context, Result};
 use bulkhead_crds::Tenant;
 use bulkhead_envtest::ControlPlane;
-use bulkhead_envtest::tenants::{RECONCILE_TIMEOUT, example, wait_for};
+use bulkhead_envtest::tenants::{
+    RECONCILE_TIMEOUT, accepted, example, example_json, tenants_dynamic, wait_for,
+};
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use kube::{Api, Client};
-use serde_json::{Value, json};
-
-const CRD: &str = "tenants.bulkhead.dev";
-/// How long a CRD change may take to reach the API server's handlers.
-const CRD_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// `manifests/examples/<file>` renamed to `id`, as JSON to edit freely.
-fn example_json(file: &str, id: &str) -> Result<Value> {
-    let mut value = serde_json::to_value(example(file, id)?)?;
-    value["apiVersion"] = json!("bulkhead.dev/v1alpha1");
-    value["kind"] = json!("Tenant");
-    Ok(value)
-}
-
-fn tenants_dynamic(client: &Client) -> Api<DynamicObject> {
-    let resource =
-        ApiResource::from_gvk(&GroupVersionKind::gvk("bulkhead.dev", "v1alpha1", "Tenant"));
-    Api::all_with(client.clone(), &resource)
-}
-
-/// Whether the API server currently stores `object` (dry run).
-async fn accepted(client: &Client, object: &Value) -> Result<std::result::Result<(), String>> {
-    let object: DynamicObject = serde_json::from_value(object.clone())?;
-    let dry_run = PostParams {
-        dry_run: true,
-        ..PostParams::default()
-    };
-    Ok(
-        match tenants_dynamic(client).create(&dry_run, &object).await {
-            Ok(_) => Ok(()),
-            Err(kube::Error::Api(status)) if status.code == 422 => Err(status.message),
-            Err(error) => return Err(error.into()),
-        },
-    )
-}
+use serde_json::json;
 
 /// The reason and message of `Stalled` once the operator reported on the
 /// Tenant's current generation, checking that `Ready` is False for the same
@@ -156,35 +120,8 @@ async fn unusable_tenants_are_stalled_with_a_reason_and_the_others_are_served() 
     }
 
     // A laxer CRD: `spec` preserves anything. Store both, then restore.
-    let crds: Api<CustomResourceDefinition> = Api::all(admin.clone());
-    let mut lax = crds.get(CRD).await?;
-    lax.metadata.managed_fields = None;
-    for version in &mut lax.spec.versions {
-        let schema = version
-            .schema
-            .as_mut()
-            .and_then(|s| s.open_api_v3_schema.as_mut())
-            .context("CRD without schema")?;
-        let mut relaxed = serde_json::to_value(&*schema)?;
-        relaxed["properties"]["spec"] =
-            json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true});
-        *schema = serde_json::from_value(relaxed)?;
-    }
-    crds.replace(CRD, &PostParams::default(), &lax).await?;
-    wait_for("the lax CRD to be served", CRD_TIMEOUT, || async {
-        Ok(accepted(&admin, &malformed).await?.is_ok().then_some(()))
-    })
-    .await?;
-    for object in [&invalid, &malformed] {
-        cp.kubectl_apply(object)?;
-    }
-    cp.apply_manifests()?;
-    wait_for(
-        "the installed CRD to be served again",
-        CRD_TIMEOUT,
-        || async { Ok(accepted(&admin, &malformed).await?.is_err().then_some(())) },
-    )
-    .await?;
+    cp.store_under_lax_crd(&admin, &malformed, &[&invalid, &malformed])
+        .await?;
 
     // Both are stored as written, and the operator reports each.
     assert!(parses(&admin, "st-invalid").await?.is_ok());
