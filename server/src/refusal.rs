@@ -85,6 +85,10 @@ pub enum Refusal {
         /// Seconds until a request is allowed again.
         retry_after_seconds: u64,
     },
+    /// The caller already has `maxRequestsInFlightPerCaller` requests in
+    /// flight (429 with `Retry-After: 1`); counted in
+    /// `bulkhead_rate_limited_total{scope="in_flight"}`.
+    TooManyInFlight,
     /// The MCP handler did not finish within the request timeout (504).
     Timeout {
         /// The request's `id` as raw JSON.
@@ -106,7 +110,7 @@ impl Refusal {
             Self::BodyTimeout | Self::Timeout { .. } => Outcome::Timeout,
             Self::BadRequest { .. } => Outcome::BadRequest,
             Self::InvalidParams { .. } => Outcome::RpcError,
-            Self::RateLimited { .. } => Outcome::RateLimited,
+            Self::RateLimited { .. } | Self::TooManyInFlight => Outcome::RateLimited,
         }
     }
 
@@ -145,6 +149,12 @@ impl Refusal {
                 metrics
                     .rate_limited
                     .get_or_create(&RateLimitLabels { scope: "caller" })
+                    .inc();
+            }
+            Self::TooManyInFlight => {
+                metrics
+                    .rate_limited
+                    .get_or_create(&RateLimitLabels { scope: "in_flight" })
                     .inc();
             }
             _ => {}
@@ -221,6 +231,19 @@ impl IntoResponse for Refusal {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                response
+            }
+            Self::TooManyInFlight => {
+                let mut response = jsonrpc_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    None,
+                    RATE_LIMITED,
+                    "too many requests in flight; retry after 1 s",
+                    serde_json::json!({"retryAfterSeconds": 1}),
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1));
                 response
             }
             Self::Timeout { id, seconds } => jsonrpc_error(

@@ -4,7 +4,8 @@
 //! Order, cheapest refusal first: a place in the audit queue (none, or the
 //! audit stream has failed: 503, fail closed), readiness, `Host`/`Origin` (before authentication, so a
 //! DNS-rebinding page learns nothing about keys), API key or access token
-//! ([`crate::authentication`]), per-caller rate limit (before the body is
+//! ([`crate::authentication`]), the caller's bound on requests in flight
+//! ([`crate::in_flight`]), per-caller rate limit (before the body is
 //! read, so one key cannot hold many slow uploads), body size, the JSON-RPC
 //! checks of [`crate::jsonrpc`]; then rmcp within the request timeout; then
 //! metrics and exactly one audit line, whatever the outcome. The line is
@@ -40,6 +41,7 @@ use crate::audit::{AuditLog, AuditRecord, AuditSlot, MAX_FIELD_CHARS, Outcome, d
 use crate::authentication::Authenticator;
 use crate::handler::TenantServer;
 use crate::identity::{AuthMethod, CallContext, CallerId, TenantId};
+use crate::in_flight::InFlightLimit;
 use crate::jsonrpc;
 use crate::metrics::{Metrics, RequestLabels, method_label};
 use crate::origin_policy::OriginPolicy;
@@ -64,6 +66,8 @@ pub struct McpEndpoint {
     pub audit: AuditLog,
     /// Host and Origin checks.
     pub origin_policy: OriginPolicy,
+    /// Requests in flight per caller.
+    pub in_flight: InFlightLimit,
     /// Largest accepted body.
     pub max_body_bytes: usize,
     /// Time a request may take.
@@ -263,6 +267,11 @@ impl McpEndpoint {
             }
         };
         pending.caller = Some(caller.clone());
+        // Held until this request ends, so one caller cannot hold the audit
+        // places of everyone (module `in_flight`).
+        let Some(_in_flight) = self.in_flight.try_acquire(&caller) else {
+            return Err(Refusal::TooManyInFlight);
+        };
         // Before the body is read, so one key cannot hold many slow bodies
         // open (the refusal then carries no id: JSON-RPC 2.0 section 5).
         if let Err(wait) = self.rate_limits.check_caller(&caller) {
