@@ -46,7 +46,7 @@ use crate::jsonrpc;
 use crate::metrics::{Metrics, RequestLabels, method_label};
 use crate::origin_policy::OriginPolicy;
 use crate::rate_limit::{RateLimits, retry_after_seconds};
-use crate::refusal::{INVALID_PARAMS, Refusal};
+use crate::refusal::{CLIENT_CLOSED, INVALID_PARAMS, Refusal};
 use crate::tools::ToolReport;
 
 /// The rmcp service type this server runs.
@@ -100,10 +100,6 @@ impl Pending {
             .unwrap_or(false)
     }
 }
-
-/// Status written for a request whose caller left before the answer: none
-/// was sent; 499 is the code nginx logs for it.
-const CLIENT_CLOSED_STATUS: u16 = 499;
 
 /// The one audit line of a request and its count in
 /// `bulkhead_mcp_requests_total`: written by [`RequestAudit::write`], or, if
@@ -163,7 +159,7 @@ impl Drop for RequestAudit {
             let (outcome, status) = if std::thread::panicking() {
                 (Outcome::InternalError, 500)
             } else {
-                (Outcome::ClientClosed, CLIENT_CLOSED_STATUS)
+                (Outcome::ClientClosed, CLIENT_CLOSED.as_u16())
             };
             self.pending.outcome = outcome;
             self.write(status);
@@ -328,10 +324,24 @@ impl McpEndpoint {
         .await
         {
             Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(error)) if failed_in_transport(&error) => Err(Refusal::BodyAborted),
             Ok(Err(_)) => Err(Refusal::PayloadTooLarge),
             Err(_) => Err(Refusal::BodyTimeout),
         }
     }
+}
+
+/// Whether reading a body failed in hyper (the connection closed or broke
+/// before the body's end) rather than at the size limit.
+fn failed_in_transport(error: &axum::Error) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = current {
+        if error.is::<hyper::Error>() {
+            return true;
+        }
+        current = error.source();
+    }
+    false
 }
 
 /// Checks the body with [`jsonrpc::check`] and fills in method, tool and
