@@ -295,6 +295,16 @@ pub struct TransportLimits {
     /// list (HTTP/2) accepted, in bytes (at least 8192).
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// Most requests one caller may have in flight at once, from
+    /// authentication until the audit line is written. Excess requests are
+    /// refused with 429 and `Retry-After`, so one caller cannot hold the
+    /// places of the audit queue every request needs.
+    #[serde(default = "default_max_requests_in_flight_per_caller")]
+    pub max_requests_in_flight_per_caller: usize,
+    /// Most HTTP/2 streams (requests) open at once on one connection
+    /// (RFC 9113 section 6.5.2, `SETTINGS_MAX_CONCURRENT_STREAMS`).
+    #[serde(default = "default_http2_max_concurrent_streams")]
+    pub http2_max_concurrent_streams: u32,
 }
 
 impl Default for TransportLimits {
@@ -308,6 +318,8 @@ impl Default for TransportLimits {
             http2_keep_alive_seconds: default_http2_keep_alive_seconds(),
             max_connections: default_max_connections(),
             max_header_bytes: default_max_header_bytes(),
+            max_requests_in_flight_per_caller: default_max_requests_in_flight_per_caller(),
+            http2_max_concurrent_streams: default_http2_max_concurrent_streams(),
         }
     }
 }
@@ -330,6 +342,14 @@ fn default_max_connections() -> usize {
 
 fn default_max_header_bytes() -> usize {
     32 * 1024
+}
+
+fn default_max_requests_in_flight_per_caller() -> usize {
+    32
+}
+
+fn default_http2_max_concurrent_streams() -> u32 {
+    32
 }
 
 fn default_credential_ttl_seconds() -> u64 {

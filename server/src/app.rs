@@ -28,6 +28,7 @@ use crate::credentials::{
 };
 use crate::handler::TenantServer;
 use crate::identity::TenantId;
+use crate::in_flight::InFlightLimit;
 use crate::metrics::Metrics;
 use crate::oauth::{OAuthSetupError, ResourceServer};
 use crate::origin_policy::OriginPolicy;
@@ -180,6 +181,7 @@ impl Server {
             metrics: metrics.clone(),
             audit,
             origin_policy: OriginPolicy::new(&config.allowed_hosts, &config.allowed_origins),
+            in_flight: InFlightLimit::new(config.limits.max_requests_in_flight_per_caller),
             max_body_bytes: config.limits.max_body_bytes,
             request_timeout: Duration::from_secs(config.limits.request_timeout_seconds),
             mcp: mcp_service(&config, handler, mcp_cancel.clone()),

@@ -107,9 +107,11 @@ pub fn validate(config: &ServerConfig) -> Result<(), ConfigError> {
         || limits.idle_timeout_seconds == 0
         || limits.http2_keep_alive_seconds == 0
         || limits.max_connections == 0
+        || limits.max_requests_in_flight_per_caller == 0
+        || limits.http2_max_concurrent_streams == 0
     {
         return invalid(
-            "limits.maxBodyBytes, requestTimeoutSeconds, upstreamTimeoutSeconds, headerReadTimeoutSeconds, idleTimeoutSeconds, http2KeepAliveSeconds and maxConnections must be positive"
+            "limits.maxBodyBytes, requestTimeoutSeconds, upstreamTimeoutSeconds, headerReadTimeoutSeconds, idleTimeoutSeconds, http2KeepAliveSeconds, maxConnections, maxRequestsInFlightPerCaller and http2MaxConcurrentStreams must be positive"
                 .into(),
         );
     }

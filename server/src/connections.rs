@@ -10,7 +10,9 @@
 //! arrive in time and buffers at most `maxHeaderBytes` of them, HTTP/2 is
 //! kept alive by PINGs, and a watchdog closes a connection that starts no
 //! request within the header timeout of connecting or stays without a
-//! request in flight for the idle timeout.
+//! request in flight for the idle timeout. An HTTP/2 connection carries at
+//! most `http2MaxConcurrentStreams` requests at once (hyper's default is
+//! 200), so one connection cannot stand for hundreds of requests.
 
 use std::convert::Infallible;
 use std::pin::pin;
@@ -54,6 +56,8 @@ pub struct ConnectionLimits {
     pub max_connections: usize,
     /// Largest request head or HTTP/2 header list, in bytes.
     pub max_header_bytes: usize,
+    /// HTTP/2 streams open at once on one connection.
+    pub http2_max_concurrent_streams: u32,
 }
 
 impl From<&TransportLimits> for ConnectionLimits {
@@ -64,6 +68,7 @@ impl From<&TransportLimits> for ConnectionLimits {
             http2_keep_alive: Duration::from_secs(limits.http2_keep_alive_seconds),
             max_connections: limits.max_connections,
             max_header_bytes: limits.max_header_bytes,
+            http2_max_concurrent_streams: limits.http2_max_concurrent_streams,
         }
     }
 }
@@ -134,6 +139,7 @@ fn connection_builder(limits: &ConnectionLimits) -> auto::Builder<TokioExecutor>
         .timer(TokioTimer::new())
         .keep_alive_interval(limits.http2_keep_alive)
         .keep_alive_timeout(limits.http2_keep_alive)
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     builder
 }

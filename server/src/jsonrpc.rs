@@ -8,15 +8,21 @@
 //! cannot represent: a number outside the range of an IEEE 754 double, or
 //! nesting deeper than 128 levels), a value that is not a request object is
 //! `-32600 Invalid Request`, and params that do not fit a method this server
-//! serves are `-32602 Invalid params`.
+//! serves are `-32602 Invalid params`. A member named twice (RFC 8259
+//! section 4: names SHOULD be unique; parsers differ on which one counts) is
+//! `-32600` in the message object and `-32602` in the params of
+//! `tools/call`, so no part of the server reads a different value than
+//! another.
 
 use std::borrow::Cow;
 
 use rmcp::model::{
     CallToolRequestParams, ClientJsonRpcMessage, InitializeRequestParams, PaginatedRequestParams,
 };
-use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::refusal::{INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR};
 
@@ -53,6 +59,21 @@ pub fn check(body: &[u8]) -> Result<(), Invalid> {
             id: None,
         });
     };
+    let members = serde_json::from_slice::<Members<'_>>(body).map_err(|error| Invalid {
+        code: PARSE_ERROR,
+        message: detail("Parse error", &error),
+        id: None,
+    })?;
+    if let Some(name) = members.duplicate() {
+        return Err(Invalid {
+            code: INVALID_REQUEST,
+            message: format!("Invalid Request: member {:?} given twice", bounded(name)).into(),
+            // Which id would be meant is unclear when it is given twice.
+            id: (name != "id")
+                .then(|| message.get("id").filter(|id| is_valid_id(id)).cloned())
+                .flatten(),
+        });
+    }
     let id = message.get("id").filter(|id| is_valid_id(id)).cloned();
     let invalid_request = |text: &'static str| Invalid {
         code: INVALID_REQUEST,
@@ -79,6 +100,28 @@ pub fn check(body: &[u8]) -> Result<(), Invalid> {
         }
         None => None,
     };
+    if method == Some("tools/call")
+        && let Some(params) = members.get("params")
+        && params.get().starts_with('{')
+    {
+        let params =
+            serde_json::from_str::<Members<'_>>(params.get()).map_err(|error| Invalid {
+                code: PARSE_ERROR,
+                message: detail("Parse error", &error),
+                id: None,
+            })?;
+        if let Some(name) = params.duplicate() {
+            return Err(Invalid {
+                code: INVALID_PARAMS,
+                message: format!(
+                    "Invalid params for tools/call: member {:?} given twice",
+                    bounded(name)
+                )
+                .into(),
+                id: id.clone(),
+            });
+        }
+    }
     if let (Some(method), Some(_)) = (method, &id) {
         check_params(method, message.get("params")).map_err(|text| Invalid {
             code: INVALID_PARAMS,
@@ -94,6 +137,51 @@ pub fn check(body: &[u8]) -> Result<(), Invalid> {
             message: detail("Invalid Request", &error),
             id: request_id,
         })
+}
+
+/// The members of a JSON object in the order given, names unescaped and
+/// repeated names kept (`serde_json::Map` keeps only the last).
+struct Members<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> Members<'a> {
+    /// A name given more than once, if any.
+    fn duplicate(&self) -> Option<&str> {
+        let mut seen = std::collections::HashSet::with_capacity(self.0.len());
+        self.0
+            .iter()
+            .map(|(name, _)| name.as_ref())
+            .find(|name| !seen.insert(*name))
+    }
+
+    /// The first value of `name`.
+    fn get(&self, name: &str) -> Option<&'a RawValue> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+}
+
+impl<'de> Deserialize<'de> for Members<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct MembersVisitor;
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = Members<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut members = Vec::new();
+                while let Some(member) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    members.push(member);
+                }
+                Ok(Members(members))
+            }
+        }
+        deserializer.deserialize_map(MembersVisitor)
+    }
+}
+
+/// A member name cut to 64 characters for an error message.
+fn bounded(name: &str) -> String {
+    name.chars().take(64).collect()
 }
 
 /// JSON-RPC 2.0 section 4: an id is a string, a number or null.
@@ -209,6 +297,41 @@ mod tests {
             assert_eq!(invalid.code, INVALID_PARAMS, "{body}");
             assert_eq!(invalid.id, Some(json!(1)), "{body}");
         }
+    }
+
+    #[test]
+    fn members_named_twice_are_refused() {
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","method":"tools/list"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","params":{},"params":{}}"#,
+            r#"{"jsonrpc":"2.0","jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping","meth\u006fd":"tools/list"}"#,
+        ] {
+            let invalid = check(body.as_bytes()).unwrap_err();
+            assert_eq!(invalid.code, INVALID_REQUEST, "{body}");
+            assert_eq!(invalid.id, Some(json!(1)), "{body}");
+        }
+        let invalid = check(br#"{"jsonrpc":"2.0","id":1,"id":2,"method":"ping"}"#).unwrap_err();
+        assert_eq!(invalid.code, INVALID_REQUEST);
+        assert_eq!(invalid.id, None, "no id when it is given twice");
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","name":"other"}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","arguments":{},"arguments":{}}}"#,
+        ] {
+            let invalid = check(body.as_bytes()).unwrap_err();
+            assert_eq!(invalid.code, INVALID_PARAMS, "{body}");
+            assert_eq!(invalid.id, Some(json!(1)), "{body}");
+            assert!(
+                invalid.message.contains("given twice"),
+                "{}",
+                invalid.message
+            );
+        }
+        // Members of different objects may share a name.
+        assert_eq!(
+            check(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"whoami","arguments":{"name":"x","id":2}}}"#),
+            Ok(())
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub mod connectors;
 pub mod credentials;
 pub mod handler;
 pub mod identity;
+pub mod in_flight;
 pub mod jsonrpc;
 pub mod logging;
 pub mod metrics;

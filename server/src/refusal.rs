@@ -27,6 +27,13 @@ pub const RATE_LIMITED: i64 = -32000;
 /// Implementation-defined server error: the request timed out.
 pub const TIMED_OUT: i64 = -32001;
 
+/// Status of a request whose caller left before the answer: none was
+/// sent; 499 is the code nginx logs for it.
+pub const CLIENT_CLOSED: StatusCode = match StatusCode::from_u16(499) {
+    Ok(status) => status,
+    Err(_) => StatusCode::BAD_REQUEST,
+};
+
 /// Why a request was refused.
 #[derive(Debug)]
 pub enum Refusal {
@@ -61,6 +68,10 @@ pub enum Refusal {
     PayloadTooLarge,
     /// The body did not arrive within the request timeout (408).
     BodyTimeout,
+    /// The connection closed or broke before the whole body arrived: the
+    /// caller left (499, the code nginx logs for it; nobody receives it),
+    /// audited as `client_closed`.
+    BodyAborted,
     /// The body is not a JSON-RPC 2.0 message (400, JSON-RPC error).
     BadRequest {
         /// The request's `id` as raw JSON, if it could be read.
@@ -85,6 +96,10 @@ pub enum Refusal {
         /// Seconds until a request is allowed again.
         retry_after_seconds: u64,
     },
+    /// The caller already has `maxRequestsInFlightPerCaller` requests in
+    /// flight (429 with `Retry-After: 1`); counted in
+    /// `bulkhead_rate_limited_total{scope="in_flight"}`.
+    TooManyInFlight,
     /// The MCP handler did not finish within the request timeout (504).
     Timeout {
         /// The request's `id` as raw JSON.
@@ -104,9 +119,10 @@ impl Refusal {
             Self::Unauthenticated { .. } => Outcome::Unauthenticated,
             Self::PayloadTooLarge => Outcome::PayloadTooLarge,
             Self::BodyTimeout | Self::Timeout { .. } => Outcome::Timeout,
+            Self::BodyAborted => Outcome::ClientClosed,
             Self::BadRequest { .. } => Outcome::BadRequest,
             Self::InvalidParams { .. } => Outcome::RpcError,
-            Self::RateLimited { .. } => Outcome::RateLimited,
+            Self::RateLimited { .. } | Self::TooManyInFlight => Outcome::RateLimited,
         }
     }
 
@@ -145,6 +161,12 @@ impl Refusal {
                 metrics
                     .rate_limited
                     .get_or_create(&RateLimitLabels { scope: "caller" })
+                    .inc();
+            }
+            Self::TooManyInFlight => {
+                metrics
+                    .rate_limited
+                    .get_or_create(&RateLimitLabels { scope: "in_flight" })
                     .inc();
             }
             _ => {}
@@ -193,6 +215,7 @@ impl IntoResponse for Refusal {
             }
             Self::PayloadTooLarge => plain(StatusCode::PAYLOAD_TOO_LARGE, "Payload Too Large"),
             Self::BodyTimeout => plain(StatusCode::REQUEST_TIMEOUT, "Request Timeout"),
+            Self::BodyAborted => plain(CLIENT_CLOSED, "Client Closed Request"),
             Self::BadRequest { id, code, message } => jsonrpc_error(
                 StatusCode::BAD_REQUEST,
                 id.as_deref(),
@@ -221,6 +244,19 @@ impl IntoResponse for Refusal {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+                response
+            }
+            Self::TooManyInFlight => {
+                let mut response = jsonrpc_error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    None,
+                    RATE_LIMITED,
+                    "too many requests in flight; retry after 1 s",
+                    serde_json::json!({"retryAfterSeconds": 1}),
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(1));
                 response
             }
             Self::Timeout { id, seconds } => jsonrpc_error(

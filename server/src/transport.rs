@@ -4,7 +4,8 @@
 //! Order, cheapest refusal first: a place in the audit queue (none, or the
 //! audit stream has failed: 503, fail closed), readiness, `Host`/`Origin` (before authentication, so a
 //! DNS-rebinding page learns nothing about keys), API key or access token
-//! ([`crate::authentication`]), per-caller rate limit (before the body is
+//! ([`crate::authentication`]), the caller's bound on requests in flight
+//! ([`crate::in_flight`]), per-caller rate limit (before the body is
 //! read, so one key cannot hold many slow uploads), body size, the JSON-RPC
 //! checks of [`crate::jsonrpc`]; then rmcp within the request timeout; then
 //! metrics and exactly one audit line, whatever the outcome. The line is
@@ -40,11 +41,12 @@ use crate::audit::{AuditLog, AuditRecord, AuditSlot, MAX_FIELD_CHARS, Outcome, d
 use crate::authentication::Authenticator;
 use crate::handler::TenantServer;
 use crate::identity::{AuthMethod, CallContext, CallerId, TenantId};
+use crate::in_flight::InFlightLimit;
 use crate::jsonrpc;
 use crate::metrics::{Metrics, RequestLabels, method_label};
 use crate::origin_policy::OriginPolicy;
 use crate::rate_limit::{RateLimits, retry_after_seconds};
-use crate::refusal::{INVALID_PARAMS, Refusal};
+use crate::refusal::{CLIENT_CLOSED, INVALID_PARAMS, Refusal};
 use crate::tools::ToolReport;
 
 /// The rmcp service type this server runs.
@@ -64,6 +66,8 @@ pub struct McpEndpoint {
     pub audit: AuditLog,
     /// Host and Origin checks.
     pub origin_policy: OriginPolicy,
+    /// Requests in flight per caller.
+    pub in_flight: InFlightLimit,
     /// Largest accepted body.
     pub max_body_bytes: usize,
     /// Time a request may take.
@@ -96,10 +100,6 @@ impl Pending {
             .unwrap_or(false)
     }
 }
-
-/// Status written for a request whose caller left before the answer: none
-/// was sent; 499 is the code nginx logs for it.
-const CLIENT_CLOSED_STATUS: u16 = 499;
 
 /// The one audit line of a request and its count in
 /// `bulkhead_mcp_requests_total`: written by [`RequestAudit::write`], or, if
@@ -159,7 +159,7 @@ impl Drop for RequestAudit {
             let (outcome, status) = if std::thread::panicking() {
                 (Outcome::InternalError, 500)
             } else {
-                (Outcome::ClientClosed, CLIENT_CLOSED_STATUS)
+                (Outcome::ClientClosed, CLIENT_CLOSED.as_u16())
             };
             self.pending.outcome = outcome;
             self.write(status);
@@ -263,6 +263,11 @@ impl McpEndpoint {
             }
         };
         pending.caller = Some(caller.clone());
+        // Held until this request ends, so one caller cannot hold the audit
+        // places of everyone (module `in_flight`).
+        let Some(_in_flight) = self.in_flight.try_acquire(&caller) else {
+            return Err(Refusal::TooManyInFlight);
+        };
         // Before the body is read, so one key cannot hold many slow bodies
         // open (the refusal then carries no id: JSON-RPC 2.0 section 5).
         if let Err(wait) = self.rate_limits.check_caller(&caller) {
@@ -319,10 +324,24 @@ impl McpEndpoint {
         .await
         {
             Ok(Ok(bytes)) => Ok(bytes),
+            Ok(Err(error)) if failed_in_transport(&error) => Err(Refusal::BodyAborted),
             Ok(Err(_)) => Err(Refusal::PayloadTooLarge),
             Err(_) => Err(Refusal::BodyTimeout),
         }
     }
+}
+
+/// Whether reading a body failed in hyper (the connection closed or broke
+/// before the body's end) rather than at the size limit.
+fn failed_in_transport(error: &axum::Error) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(error) = current {
+        if error.is::<hyper::Error>() {
+            return true;
+        }
+        current = error.source();
+    }
+    false
 }
 
 /// Checks the body with [`jsonrpc::check`] and fills in method, tool and

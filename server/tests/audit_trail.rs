@@ -228,6 +228,64 @@ async fn a_caller_that_leaves_early_is_audited_and_its_upstream_call_cancelled()
     assert_eq!(server.audit().len(), 1, "{}", server.audit_text());
 }
 
+/// Sends `head` and then `body_part` on a new connection, waits 300 ms and
+/// closes it.
+async fn upload_and_leave(addr: &str, head: &str, body_part: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body_part).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn a_caller_that_leaves_mid_upload_is_audited_as_client_closed() {
+    let upstream = DelayedUpstream::start(Duration::from_secs(1)).await;
+    let key = generate_api_key().unwrap();
+    let server = start("client-closed-upload", &upstream, 30, &key).await;
+    let addr = server
+        .mcp_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/mcp")
+        .to_owned();
+    let head = |framing: &str| {
+        format!(
+            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+             {framing}\r\n\r\n"
+        )
+    };
+    // Content-Length framing, then chunked, each left unfinished.
+    upload_and_leave(
+        &addr,
+        &head("Content-Length: 1000"),
+        b"{\"jsonrpc\":\"2.0\",",
+    )
+    .await;
+    upload_and_leave(
+        &addr,
+        &head("Transfer-Encoding: chunked"),
+        b"20\r\n{\"jsonrpc\":\"2.0\",",
+    )
+    .await;
+    // A body that is too large is still 413.
+    let large = server
+        .post(Some(&key), &format!("{{\"x\":\"{}\"}}", "a".repeat(8192)))
+        .await;
+    assert_eq!(large.status(), 413);
+
+    let server = server.stop().await;
+    let audit = server.audit();
+    assert_eq!(audit.len(), 3, "{}", server.audit_text());
+    for line in &audit[..2] {
+        assert_eq!(line["outcome"], "client_closed", "{line}");
+        assert_eq!(line["http_status"], 499, "{line}");
+        assert_eq!(line["caller"], "alice", "{line}");
+    }
+    assert_eq!(audit[2]["outcome"], "payload_too_large");
+    assert_eq!(audit[2]["http_status"], 413);
+}
+
 #[tokio::test]
 async fn a_request_timeout_is_audited_once_and_cancels_the_upstream_call() {
     let upstream = DelayedUpstream::start(Duration::from_secs(3)).await;

@@ -1,7 +1,9 @@
 //! JSON-RPC 2.0 error replies (section 5.1) of the real binary for bodies
 //! rmcp alone would answer wrongly: invalid params are `-32602` (not
 //! `-32601`), text that cannot be parsed is HTTP 400 with `-32700` and a
-//! null id (not HTTP 415), and the server keeps serving.
+//! null id (not HTTP 415), a member named twice is `-32600` in the message
+//! and `-32602` in the params of `tools/call` (not HTTP 415 or `-32601`),
+//! and the server keeps serving.
 
 mod common;
 
@@ -30,6 +32,9 @@ async fn malformed_messages_get_the_json_rpc_error_for_them() {
         r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"arguments":{}}}"#.to_owned(),
         r#"{"jsonrpc":"2.0","id":7,"method":"tools/list","params":{"cursor":5}}"#.to_owned(),
         r#"{"jsonrpc":"2.0","id":7,"method":"initialize","params":{}}"#.to_owned(),
+        // A member named twice in the params of tools/call.
+        r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"whoami","name":"other"}}"#.to_owned(),
+        r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"whoami","arguments":{},"arguments":{"a":1}}}"#.to_owned(),
     ];
     for body in &invalid_params {
         let response = server.post(Some(&key), body).await;
@@ -73,6 +78,19 @@ async fn malformed_messages_get_the_json_rpc_error_for_them() {
         ),
         (r#"{"jsonrpc":"2.0","id":3,"method":["ping"]}"#, json!(3)),
         (r#"[{"jsonrpc":"2.0","id":3,"method":"ping"}]"#, Value::Null),
+        // A member named twice in the message object.
+        (
+            r#"{"jsonrpc":"2.0","id":3,"method":"ping","method":"tools/list"}"#,
+            json!(3),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","id":3,"method":"ping","params":{},"params":[]}"#,
+            json!(3),
+        ),
+        (
+            r#"{"jsonrpc":"2.0","jsonrpc":"2.0","id":3,"method":"ping"}"#,
+            json!(3),
+        ),
     ] {
         let response = server.post(Some(&key), body).await;
         assert_eq!(response.status(), 400, "{body}");
@@ -110,11 +128,11 @@ async fn malformed_messages_get_the_json_rpc_error_for_them() {
 
     let server = server.stop().await;
     let audit = server.audit();
-    let calls = invalid_params.len() + unparsable.len() + 3 + 3;
+    let calls = invalid_params.len() + unparsable.len() + 6 + 3;
     assert_eq!(audit.len(), calls, "one audit line per request");
     let tool_call_rpc_errors = audit
         .iter()
         .filter(|l| l["method"] == "tools/call" && l["outcome"] == "rpc_error")
         .count();
-    assert_eq!(tool_call_rpc_errors, 5);
+    assert_eq!(tool_call_rpc_errors, 7);
 }

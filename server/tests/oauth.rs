@@ -256,6 +256,14 @@ async fn every_refused_token_gets_its_status_and_challenge() {
     let mut c = claims(&issuer, "user-1");
     c["iss"] = json!("https://other-issuer.example");
     refused.push(("wrong issuer", key.sign(&c)));
+    // RFC 7519 section 4.1.1: `iss` is one string, not a list naming the
+    // issuer among others.
+    let mut c = claims(&issuer, "user-1");
+    c["iss"] = json!([issuer.url, "https://other-issuer.example"]);
+    refused.push(("iss an array containing the issuer", key.sign(&c)));
+    let mut c = claims(&issuer, "user-1");
+    c["iss"] = json!([issuer.url]);
+    refused.push(("iss an array of only the issuer", key.sign(&c)));
     let mut c = claims(&issuer, "user-1");
     c["aud"] = json!(RESOURCE_B);
     refused.push(("audience of another tenant's server", key.sign(&c)));
@@ -296,6 +304,16 @@ async fn every_refused_token_gets_its_status_and_challenge() {
     let mut c = claims(&issuer, "user-1");
     c.as_object_mut().unwrap().remove("sub");
     refused.push(("no caller claim", key.sign(&c)));
+    // The caller id is written as it is in the audit line: no character
+    // that would make it show as another caller.
+    for (case, sub) in [
+        ("caller claim with a bidi override", "al\u{202e}ice"),
+        ("caller claim with a zero-width space", "alice\u{200b}"),
+        ("caller claim with a bidi isolate", "\u{2066}alice"),
+        ("caller claim with a control character", "alice\u{7}"),
+    ] {
+        refused.push((case, key.sign(&claims(&issuer, sub))));
+    }
     let mut header = Header::new(Algorithm::ES256);
     header.kid = Some(key.kid.clone());
     header.typ = Some("JWT".to_owned());

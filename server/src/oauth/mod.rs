@@ -324,6 +324,12 @@ impl ResourceServer {
                 })
             })?
             .claims;
+        // RFC 7519 section 4.1.1 and RFC 9068 section 2.2: `iss` is one
+        // StringOrURI equal to the issuer; jsonwebtoken also accepts an
+        // array containing it.
+        if claims.get("iss").and_then(Value::as_str) != Some(self.config.issuer.as_str()) {
+            return Err(Invalid("issuer"));
+        }
         if let Some(claim) = &self.config.tenant_claim
             && claims.get(claim).and_then(Value::as_str) != Some(self.tenant.as_str())
         {
@@ -332,11 +338,7 @@ impl ResourceServer {
         let caller = claims
             .get(&self.config.caller_claim)
             .and_then(Value::as_str)
-            .filter(|id| {
-                !id.is_empty()
-                    && id.len() <= MAX_CALLER_ID_BYTES
-                    && !id.chars().any(char::is_control)
-            })
+            .filter(|id| !id.is_empty() && id.len() <= MAX_CALLER_ID_BYTES && is_printable(id))
             .map(CallerId::token)
             .ok_or(Invalid("caller_claim"))?;
         let grants = TokenGrants {
@@ -353,6 +355,22 @@ impl ResourceServer {
         }
         Ok(VerifiedToken { caller, grants })
     }
+}
+
+/// Whether a caller id shows as what it is: no control characters, no
+/// format characters (Unicode category Cf: bidirectional overrides and
+/// isolates, zero-width characters, BOM), no separators other than the
+/// space, nothing unassigned. These are the characters Rust's
+/// `str::escape_debug` escapes besides `\\`, `"` and `'` (a combining mark
+/// is checked after a base character, where it is printable). The caller
+/// id is written as it is in the audit line, where such characters would
+/// let one caller pass for another.
+fn is_printable(id: &str) -> bool {
+    id.chars().all(|c| {
+        let mut pair = String::from("a");
+        pair.push(c);
+        matches!(c, '\\' | '"' | '\'') || pair.escape_debug().count() == 2
+    })
 }
 
 /// A claim that is a string or an array of strings.
@@ -384,6 +402,37 @@ fn scopes(claims: &Map<String, Value>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn caller_ids_with_control_format_or_separator_characters_are_not_printable() {
+        for id in [
+            "alice",
+            "José",
+            "Jose\u{301}",
+            "a b",
+            "o'brien",
+            "x\\\"y",
+            "名前",
+            "user@example.com",
+        ] {
+            assert!(is_printable(id), "{id:?}");
+        }
+        for id in [
+            "al\u{202e}ice",
+            "alice\u{200b}",
+            "\u{2066}alice",
+            "ali\u{200d}ce",
+            "\u{feff}alice",
+            "a\u{ad}b",
+            "a\tb",
+            "a\u{85}b",
+            "a\u{a0}b",
+            "a\u{2028}b",
+            "a\u{e000}b",
+        ] {
+            assert!(!is_printable(id), "{id:?}");
+        }
+    }
 
     #[test]
     fn jwt_shape_is_three_base64url_segments() {
