@@ -537,7 +537,7 @@ pub struct OAuthSpec {
     #[schemars(
         length(max = 2048),
         regex(
-            pattern = r"^(https://[^/?#@A-Z\\\s\x00-\x1f\x7f-\x9f\p{Z}]+|http://(localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[::1\])(:[0-9]{1,5})?)(/[^?#\\\s\x00-\x1f\x7f-\x9f\p{Z}]*)?$"
+            pattern = r#"^(https://[^/?#@A-Z\\\s\x00-\x1f\x7f-\x{10FFFF}]+|http://(localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[::1\])(:[0-9]{1,5})?)(/[^?#\\"<>`{}\s\x00-\x1f\x7f-\x{10FFFF}]*)?$"#
         ),
         extend("x-kubernetes-validations" = [{
             "rule": DEFAULT_PORT_RULE,
@@ -550,12 +550,12 @@ pub struct OAuthSpec {
     /// `https://mcp.example.com/acme/mcp`. Tokens must carry it in `aud`.
     /// https without user information or fragment, or http on a loopback
     /// host for tests, in canonical form (RFC 3986 section 6.2.2, the URL
-    /// Standard serialisation clients request tokens for: lower-case scheme
-    /// and host, no default port).
+    /// Standard serialisation clients request tokens for: ASCII only, with
+    /// lower-case scheme and host and no default port).
     #[schemars(
         length(max = 2048),
         regex(
-            pattern = r"^(https://[^/?#@A-Z\\\s\x00-\x1f\x7f-\x9f\p{Z}]+|http://(localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[::1\])(:[0-9]{1,5})?)(/[^?#\\\s\x00-\x1f\x7f-\x9f\p{Z}]*)?(\?[^#\s\x00-\x1f\x7f-\x9f\p{Z}]*)?$"
+            pattern = r#"^(https://[^/?#@A-Z\\\s\x00-\x1f\x7f-\x{10FFFF}]+|http://(localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[::1\])(:[0-9]{1,5})?)(/[^?#\\"<>`{}\s\x00-\x1f\x7f-\x{10FFFF}]*)?(\?[^#"<>'\s\x00-\x1f\x7f-\x{10FFFF}]*)?$"#
         ),
         extend("x-kubernetes-validations" = [{
             "rule": DEFAULT_PORT_RULE,

@@ -620,6 +620,24 @@ pub fn cases() -> Vec<Case> {
             schema: Schema::Keyword,
         },
         Case {
+            name: "resource with a non-ASCII path, which clients percent-encode",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["resource"] = json!("https://mcp.example.com/é/mcp");
+            },
+            field: "spec.auth.oauth.resource",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "resource with a quote in the query, which clients percent-encode",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["resource"] = json!("https://mcp.example.com/mcp?a='b'");
+            },
+            field: "spec.auth.oauth.resource",
+            schema: Schema::Keyword,
+        },
+        Case {
             name: "issuer with an upper-case host",
             edit: |t| {
                 with_oauth(t);
