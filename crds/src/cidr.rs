@@ -6,8 +6,73 @@
 //! (no host bits set), exactly as a NetworkPolicy `ipBlock` states it.
 
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+
+/// Ranges closed to upstream traffic unless a Tenant names them exactly:
+/// private networks, link-local (cloud metadata at 169.254.169.254),
+/// loopback, "this network", shared address space (CGNAT; some clouds put
+/// pods or their metadata service there, e.g. 100.100.100.200), and the
+/// NAT64 prefixes through which an IPv6 pod reaches private IPv4 ranges.
+/// The operator's NetworkPolicy excepts each from a wider range a Tenant
+/// names.
+pub const CLOSED_RANGES: &[&str] = &[
+    "0.0.0.0/8",
+    "10.0.0.0/8",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "64:ff9b::/96",
+    "64:ff9b:1::/48",
+    "fc00::/7",
+    "fe80::/10",
+    "::1/128",
+];
+
+/// The link-local ranges, `169.254.0.0/16` (RFC 3927) and `fe80::/10`
+/// (RFC 4291 section 2.5.6). Cloud metadata endpoints live in the IPv4 one;
+/// the server never connects to either.
+pub const LINK_LOCAL_RANGES: [Cidr; 2] = [
+    Cidr {
+        network: IpAddr::V4(Ipv4Addr::new(169, 254, 0, 0)),
+        prefix_len: 16,
+    },
+    Cidr {
+        network: IpAddr::V6(Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0)),
+        prefix_len: 10,
+    },
+];
+
+/// Cloud metadata and credential endpoints. Each hands out instance or
+/// workload credentials to whoever asks from inside, so the server never
+/// connects to them (connectors and issuer alike) and an issuer range must
+/// not contain them:
+///
+/// - `169.254.169.254`: instance metadata of AWS, Google Cloud, Azure,
+///   OpenStack and others (link-local, listed for clarity).
+/// - `169.254.170.2`: Amazon ECS task metadata and task-role credentials
+///   (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`).
+/// - `169.254.170.23` and `fd00:ec2::23`: Amazon EKS Pod Identity agent
+///   (the AWS SDKs' container credential provider).
+/// - `fd00:ec2::254`: AWS instance metadata over IPv6 (Nitro instances;
+///   "IPv6 on AWS", Supporting Amazon VPC services). A unique-local address,
+///   so `allowPrivateTargets` alone would open it.
+/// - `100.100.100.200`: Alibaba Cloud ECS instance metadata (inside the
+///   shared range 100.64.0.0/10).
+/// - `168.63.129.16`: Azure WireServer ("What is IP address 168.63.129.16?",
+///   Azure Virtual Network docs): a public address that reaches the host's
+///   platform agent.
+pub const METADATA_ADDRESSES: &[IpAddr] = &[
+    IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
+    IpAddr::V4(Ipv4Addr::new(169, 254, 170, 2)),
+    IpAddr::V4(Ipv4Addr::new(169, 254, 170, 23)),
+    IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
+    IpAddr::V4(Ipv4Addr::new(168, 63, 129, 16)),
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
+    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23)),
+];
 
 /// An IPv4 or IPv6 address range: a network address and a prefix length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -76,10 +141,40 @@ impl Cidr {
         self.contains(other) && other.prefix_len > self.prefix_len
     }
 
+    /// True when `ip` is of the same family and lies inside this range.
+    pub fn contains_ip(&self, ip: IpAddr) -> bool {
+        self.contains(&Cidr {
+            network: ip,
+            prefix_len: width(ip),
+        })
+    }
+
+    /// Why an issuer may not be reached in this range, if it may not: the
+    /// NetworkPolicy would open through it a link-local range of
+    /// [`LINK_LOCAL_RANGES`] or a cloud metadata address of
+    /// [`METADATA_ADDRESSES`]. A wider range does not: the NetworkPolicy
+    /// excepts each of [`CLOSED_RANGES`] from it, so only a range inside a
+    /// closed range opens what that holds.
+    pub fn metadata_reach(&self) -> Option<String> {
+        if let Some(range) = LINK_LOCAL_RANGES.iter().find(|r| r.contains(self)) {
+            return Some(format!("lies inside the link-local range {range}"));
+        }
+        let inside_closed = closed_ranges().any(|k| k.contains(self));
+        METADATA_ADDRESSES
+            .iter()
+            .find(|ip| inside_closed && self.contains_ip(**ip))
+            .map(|ip| format!("contains the cloud metadata address {ip}"))
+    }
+
     /// True when the two ranges share at least one address.
     pub fn overlaps(&self, other: &Cidr) -> bool {
         self.contains(other) || other.contains(self)
     }
+}
+
+/// [`CLOSED_RANGES`], parsed.
+pub fn closed_ranges() -> impl Iterator<Item = Cidr> {
+    CLOSED_RANGES.iter().filter_map(|c| c.parse().ok())
 }
 
 fn width(addr: IpAddr) -> u8 {
@@ -164,6 +259,62 @@ mod tests {
 
     fn cidr(s: &str) -> Cidr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn metadata_reach_names_what_a_range_would_open() {
+        for (range, reason) in [
+            (
+                "169.254.0.0/16",
+                "lies inside the link-local range 169.254.0.0/16",
+            ),
+            (
+                "169.254.169.254/32",
+                "lies inside the link-local range 169.254.0.0/16",
+            ),
+            ("fe80::1/128", "lies inside the link-local range fe80::/10"),
+            (
+                "fc00::/7",
+                "contains the cloud metadata address fd00:ec2::254",
+            ),
+            (
+                "fd00::/8",
+                "contains the cloud metadata address fd00:ec2::254",
+            ),
+            (
+                "fd00:ec2::254/128",
+                "contains the cloud metadata address fd00:ec2::254",
+            ),
+            (
+                "fd00:ec2::/120",
+                "contains the cloud metadata address fd00:ec2::23",
+            ),
+            (
+                "100.64.0.0/10",
+                "contains the cloud metadata address 100.100.100.200",
+            ),
+        ] {
+            assert_eq!(
+                cidr(range).metadata_reach().as_deref(),
+                Some(reason),
+                "{range}"
+            );
+        }
+        // Wider ranges keep the closed ranges inside them closed.
+        for range in [
+            "0.0.0.0/0",
+            "169.0.0.0/8",
+            "::/0",
+            "fc00::/6",
+            "100.0.0.0/8",
+            "203.0.113.10/32",
+            "169.255.0.0/16",
+            "fec0::/10",
+            "fd00:ec2::300/120",
+            "2001:db8::/32",
+        ] {
+            assert_eq!(cidr(range).metadata_reach(), None, "{range}");
+        }
     }
 
     #[test]

@@ -18,6 +18,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::cidr::{LINK_LOCAL_RANGES, METADATA_ADDRESSES, closed_ranges};
+
 /// A tenant of the hosted MCP service: one namespace-isolated MCP server.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
@@ -528,26 +530,37 @@ fn default_true() -> bool {
 #[serde(rename_all = "camelCase")]
 pub struct OAuthSpec {
     /// Issuer identifier of the authorization server (RFC 8414): an https
-    /// URL without query or fragment, or http on a loopback host for tests.
+    /// URL without query or fragment, or http on a loopback host for tests,
+    /// in canonical form (lower-case scheme and host, no default port).
     /// Its metadata is read from `/.well-known/oauth-authorization-server`
     /// or `/.well-known/openid-configuration` under this URL.
     #[schemars(
         length(max = 2048),
         regex(
-            pattern = r"^(https://[^/?#@\s\x00-\x1f\x7f-\x9f\p{Z}]+|http://(localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[::1\])(:[0-9]{1,5})?)(/[^?#\s\x00-\x1f\x7f-\x9f\p{Z}]*)?$"
-        )
+            pattern = r#"^(https://[^/?#@A-Z\\\s\x00-\x1f\x7f-\x{10FFFF}]+|http://(localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[::1\])(:[0-9]{1,5})?)(/[^?#\\"<>`{}\s\x00-\x1f\x7f-\x{10FFFF}]*)?$"#
+        ),
+        extend("x-kubernetes-validations" = [{
+            "rule": DEFAULT_PORT_RULE,
+            "message": DEFAULT_PORT_MESSAGE
+        }])
     )]
     pub issuer: String,
     /// The server's resource identifier (RFC 8707): the canonical URL
     /// clients use to reach the MCP endpoint from outside, e.g.
     /// `https://mcp.example.com/acme/mcp`. Tokens must carry it in `aud`.
     /// https without user information or fragment, or http on a loopback
-    /// host for tests.
+    /// host for tests, in canonical form (RFC 3986 section 6.2.2, the URL
+    /// Standard serialisation clients request tokens for: ASCII only, with
+    /// lower-case scheme and host and no default port).
     #[schemars(
         length(max = 2048),
         regex(
-            pattern = r"^(https://[^/?#@\s\x00-\x1f\x7f-\x9f\p{Z}]+|http://(localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[::1\])(:[0-9]{1,5})?)(/[^?#\s\x00-\x1f\x7f-\x9f\p{Z}]*)?(\?[^#\s\x00-\x1f\x7f-\x9f\p{Z}]*)?$"
-        )
+            pattern = r#"^(https://[^/?#@A-Z\\\s\x00-\x1f\x7f-\x{10FFFF}]+|http://(localhost|127\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}|\[::1\])(:[0-9]{1,5})?)(/[^?#\\"<>`{}\s\x00-\x1f\x7f-\x{10FFFF}]*)?(\?[^#"<>'\s\x00-\x1f\x7f-\x{10FFFF}]*)?$"#
+        ),
+        extend("x-kubernetes-validations" = [{
+            "rule": DEFAULT_PORT_RULE,
+            "message": DEFAULT_PORT_MESSAGE
+        }])
     )]
     pub resource: String,
     /// Scopes every token must carry (RFC 6749 scope tokens). Empty: none.
@@ -638,7 +651,9 @@ pub enum SigningAlgorithm {
 ]))]
 pub struct IssuerNetwork {
     /// Destination ranges of the issuer, in canonical CIDR notation (no
-    /// host bits set), e.g. `203.0.113.10/32`. Private, link-local,
+    /// host bits set), e.g. `203.0.113.10/32`, neither overlapping the
+    /// link-local ranges (`169.254.0.0/16`, `fe80::/10`) nor containing a
+    /// cloud metadata address (e.g. `fd00:ec2::254`). Private, link-local,
     /// loopback and cluster ranges inside them stay closed unless named
     /// exactly, as for `spec.network.egress.cidrs`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -651,7 +666,8 @@ pub struct IssuerNetwork {
                 "rule": "self.all(c, isCIDR(c) && cidr(c) == cidr(c).masked())",
                 "message": "each entry must be an IPv4 or IPv6 range in canonical CIDR notation (no host bits set), e.g. 203.0.113.10/32"
             }]
-        )
+        ),
+        transform = issuer_cidrs_metadata_rule
     )]
     pub cidrs: Vec<String>,
     /// Namespaces of an in-cluster issuer (by `kubernetes.io/metadata.name`
@@ -671,6 +687,51 @@ pub struct IssuerNetwork {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8), inner(range(min = 1, max = 65535)), extend("x-kubernetes-list-type" = "set"))]
     pub ports: Vec<i32>,
+}
+
+/// CEL rule on `issuer` and `resource`: no default port (`:443` with
+/// https, `:80` with http, with leading zeros too) and no empty port, which
+/// the URL Standard serialisation drops (RFC 3986 section 6.2.3). The
+/// pattern beside it refuses upper-case hosts; the code checks the full
+/// canonical form.
+const DEFAULT_PORT_RULE: &str =
+    "!self.matches('^(https://[^/?#]*:(0*443)?|http://[^/?#]*:(0*80)?)([/?#]|$)')";
+const DEFAULT_PORT_MESSAGE: &str =
+    "must be in canonical form: no default port (:443 with https, :80 with http) and no empty port";
+
+/// Adds to `issuerNetwork.cidrs` the rule of
+/// [`crate::validation::ISSUER_CIDR_RULE`] ([`crate::cidr::Cidr::metadata_reach`]),
+/// written from [`CLOSED_RANGES`], [`LINK_LOCAL_RANGES`] and
+/// [`METADATA_ADDRESSES`]: a range inside a link-local range, or inside
+/// another closed range and containing a metadata address it holds.
+fn issuer_cidrs_metadata_rule(schema: &mut schemars::Schema) {
+    let mut terms = Vec::new();
+    for closed in closed_ranges() {
+        let inside = format!("cidr('{closed}').containsCIDR(cidr(c))");
+        if LINK_LOCAL_RANGES.iter().any(|l| l.contains(&closed)) {
+            terms.push(inside);
+            continue;
+        }
+        let held: Vec<String> = METADATA_ADDRESSES
+            .iter()
+            .filter(|ip| closed.contains_ip(**ip))
+            .map(|ip| format!("cidr(c).containsIP(ip('{ip}'))"))
+            .collect();
+        if !held.is_empty() {
+            terms.push(format!("({inside} && ({}))", held.join(" || ")));
+        }
+    }
+    let rule = serde_json::json!({
+        "rule": format!("self.all(c, !isCIDR(c) || !({}))", terms.join(" || ")),
+        "message": crate::validation::ISSUER_CIDR_RULE,
+    });
+    let rules = schema
+        .ensure_object()
+        .entry("x-kubernetes-validations")
+        .or_insert_with(|| serde_json::Value::Array(Vec::new()));
+    if let serde_json::Value::Array(rules) = rules {
+        rules.push(rule);
+    }
 }
 
 /// Which callers may use which tools. A caller matches the rule if it

@@ -549,9 +549,14 @@ fn validate_selector(
     }
 }
 
+/// Why an issuer range may not reach link-local or cloud metadata
+/// addresses; the schema's rule on `issuerNetwork.cidrs` gives it too.
+pub const ISSUER_CIDR_RULE: &str = "an issuer range must not lie inside the link-local ranges 169.254.0.0/16 and fe80::/10, nor inside another closed range (such as fc00::/7 or 100.64.0.0/10) while containing a cloud metadata address (such as fd00:ec2::254): the server never fetches from them, and the NetworkPolicy would open them to the tenant's pods";
+
 /// Where the issuer is: exactly one of `cidrs` and `namespaceSelector`,
 /// `podSelector` only with `namespaceSelector`; the CIDRs, ports and
-/// selectors under the rules of `spec.network`.
+/// selectors under the rules of `spec.network`, and no range reaching
+/// link-local or cloud metadata addresses ([`Cidr::metadata_reach`]).
 fn validate_issuer_network(network: &IssuerNetwork, errors: &mut Errors) {
     const FIELD: &str = "spec.auth.oauth.issuerNetwork";
     for (name, len) in [
@@ -574,6 +579,14 @@ fn validate_issuer_network(network: &IssuerNetwork, errors: &mut Errors) {
         );
     }
     validate_cidrs(&format!("{FIELD}.cidrs"), &network.cidrs, errors);
+    for (i, cidr) in network.cidrs.iter().enumerate() {
+        if let Some(reach) = cidr.parse::<Cidr>().ok().and_then(|c| c.metadata_reach()) {
+            errors.add(
+                format!("{FIELD}.cidrs[{i}]"),
+                format!("{cidr} {reach}: {ISSUER_CIDR_RULE}"),
+            );
+        }
+    }
     validate_ports(&format!("{FIELD}.ports"), &network.ports, errors);
     for (name, selector, must_name) in [
         ("namespaceSelector", &network.namespace_selector, true),
@@ -712,12 +725,13 @@ fn is_loopback_authority(authority: &str) -> bool {
 /// An issuer or resource URL: https (http on a loopback host only), a host
 /// that parses as a URL host, no user information or fragment, a query only
 /// when `query_allowed`, at most [`MAX_OAUTH_URL_LEN`] characters and no
-/// whitespace or control characters.
-fn check_oauth_url(url: &str, query_allowed: bool) -> Result<(), &'static str> {
+/// whitespace or control characters, written in canonical form: as the URL
+/// Standard serialises it, which is what clients request tokens for.
+fn check_oauth_url(url: &str, query_allowed: bool) -> Result<(), String> {
     if url.chars().count() > MAX_OAUTH_URL_LEN
         || url.chars().any(|c| c.is_whitespace() || c.is_control())
     {
-        return Err("must be at most 2048 characters without spaces");
+        return Err("must be at most 2048 characters without spaces".to_owned());
     }
     let (rest, https) = match url.strip_prefix("https://") {
         Some(rest) => (rest, true),
@@ -729,26 +743,43 @@ fn check_oauth_url(url: &str, query_allowed: bool) -> Result<(), &'static str> {
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if authority.is_empty() {
-        return Err("has no host");
+        return Err("has no host".to_owned());
     }
     if authority.contains('@') {
-        return Err("must not carry user information");
+        return Err("must not carry user information".to_owned());
     }
     if rest.contains('#') {
-        return Err("must not carry a fragment");
+        return Err("must not carry a fragment".to_owned());
     }
     if !query_allowed && rest.contains('?') {
-        return Err("must not carry a query");
+        return Err("must not carry a query".to_owned());
     }
     if !https && !is_loopback_authority(authority) {
         return Err(
-            "must use https; http only on a loopback host (localhost, 127.x.y.z or [::1]) for tests",
+            "must use https; http only on a loopback host (localhost, 127.x.y.z or [::1]) for tests"
+                .to_owned(),
         );
     }
-    match url::Url::parse(url) {
-        Ok(parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => Ok(()),
-        Ok(_) => Err("has no host"),
-        Err(_) => Err("is not a valid URL: check the host name and the port (1-65535)"),
+    let parsed = match url::Url::parse(url) {
+        Ok(parsed) if parsed.host_str().is_some_and(|h| !h.is_empty()) => parsed,
+        Ok(_) => return Err("has no host".to_owned()),
+        Err(_) => {
+            return Err(
+                "is not a valid URL: check the host name and the port (1-65535)".to_owned(),
+            );
+        }
+    };
+    let canonical = parsed.as_str();
+    // An empty path stands for `/` (RFC 3986 section 6.2.3); the MCP
+    // specification writes the bare origin without the slash.
+    let (origin, tail) = url.split_at(url.len() - rest.len() + authority.len());
+    let empty_path_for_slash = !tail.starts_with('/') && canonical == format!("{origin}/{tail}");
+    if url == canonical || empty_path_for_slash {
+        Ok(())
+    } else {
+        Err(format!(
+            "is not in canonical form (RFC 3986 section 6.2.2, as clients serialise it per the URL Standard; MCP authorization, canonical server URI): lower-case scheme and host, no default port (443 for https, 80 for http), no fragment; write {canonical:?}"
+        ))
     }
 }
 
@@ -756,22 +787,31 @@ fn check_oauth_url(url: &str, query_allowed: bool) -> Result<(), &'static str> {
 /// scheme and has no query or fragment components"): https, or http on a
 /// loopback host (`localhost`, `127.x.y.z`, `[::1]`) for tests; no user
 /// information, query or fragment; at most [`MAX_OAUTH_URL_LEN`]
-/// characters without whitespace or control characters.
+/// characters without whitespace or control characters; in canonical form
+/// (lower-case scheme and host, no default port), since the metadata's
+/// `issuer` and every token's `iss` must equal it verbatim and providers
+/// publish the canonical form.
 ///
 /// # Errors
-/// The reason, to follow the quoted URL in a message.
-pub fn check_issuer_url(url: &str) -> Result<(), &'static str> {
+/// The reason, to follow the quoted URL in a message; for a URL that is
+/// valid but not canonical it names the canonical form.
+pub fn check_issuer_url(url: &str) -> Result<(), String> {
     check_oauth_url(url, false)
 }
 
 /// A resource identifier (RFC 8707 section 2: an absolute URI that "MUST
 /// NOT include a fragment component"): https, or http on a loopback host for
 /// tests; no user information or fragment; at most [`MAX_OAUTH_URL_LEN`]
-/// characters without whitespace or control characters.
+/// characters without whitespace or control characters; in canonical form
+/// as the URL Standard serialises it (lower-case scheme and host, no default
+/// port, IDNA host, normalised path), since clients (the MCP TypeScript SDK
+/// among them) request tokens for that form and `aud` is compared verbatim.
+/// A bare origin may omit the `/` of its empty path.
 ///
 /// # Errors
-/// The reason, to follow the quoted URL in a message.
-pub fn check_resource_url(url: &str) -> Result<(), &'static str> {
+/// The reason, to follow the quoted URL in a message; for a URL that is
+/// valid but not canonical it names the canonical form.
+pub fn check_resource_url(url: &str) -> Result<(), String> {
     check_oauth_url(url, true)
 }
 

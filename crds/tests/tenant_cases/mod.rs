@@ -552,6 +552,112 @@ pub fn cases() -> Vec<Case> {
             schema: Schema::Keyword,
         },
         Case {
+            name: "resource with an upper-case host",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["resource"] =
+                    json!("https://MCP.Example.COM/initech/mcp");
+            },
+            field: "spec.auth.oauth.resource",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "resource with the default https port",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["resource"] =
+                    json!("https://mcp.example.com:443/initech/mcp");
+            },
+            field: "spec.auth.oauth.resource",
+            schema: Schema::Cel("no default port"),
+        },
+        Case {
+            name: "resource with the default port written with a leading zero",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["resource"] = json!("https://mcp.example.com:0443");
+            },
+            field: "spec.auth.oauth.resource",
+            schema: Schema::Cel("no default port"),
+        },
+        Case {
+            name: "resource with an empty port",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["resource"] =
+                    json!("https://mcp.example.com:/initech/mcp");
+            },
+            field: "spec.auth.oauth.resource",
+            schema: Schema::Cel("no default port"),
+        },
+        Case {
+            name: "loopback resource with the default http port",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["resource"] = json!("http://localhost:80/mcp");
+            },
+            field: "spec.auth.oauth.resource",
+            schema: Schema::Cel("no default port"),
+        },
+        Case {
+            name: "resource with a backslash after the host",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["resource"] =
+                    json!("https://mcp.example.com\\evil.com/mcp");
+            },
+            field: "spec.auth.oauth.resource",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "resource with a backslash in the path",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["resource"] =
+                    json!("https://mcp.example.com/initech\\mcp");
+            },
+            field: "spec.auth.oauth.resource",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "resource with a non-ASCII path, which clients percent-encode",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["resource"] = json!("https://mcp.example.com/é/mcp");
+            },
+            field: "spec.auth.oauth.resource",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "resource with a quote in the query, which clients percent-encode",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["resource"] = json!("https://mcp.example.com/mcp?a='b'");
+            },
+            field: "spec.auth.oauth.resource",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "issuer with an upper-case host",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuer"] =
+                    json!("https://Login.Example.com/realms/globex");
+            },
+            field: "spec.auth.oauth.issuer",
+            schema: Schema::Keyword,
+        },
+        Case {
+            name: "issuer with the default https port",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuer"] =
+                    json!("https://login.example.com:443/realms/globex");
+            },
+            field: "spec.auth.oauth.issuer",
+            schema: Schema::Cel("no default port"),
+        },
+        Case {
             name: "required scope with a space",
             edit: |t| {
                 with_oauth(t);
@@ -659,6 +765,86 @@ pub fn cases() -> Vec<Case> {
             },
             field: "spec.auth.oauth.issuerNetwork.cidrs[0]",
             schema: Schema::Cel("canonical CIDR"),
+        },
+        Case {
+            name: "issuer CIDR of the link-local range",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuerNetwork"]["cidrs"] =
+                    json!(["203.0.113.10/32", "169.254.0.0/16"]);
+            },
+            field: "spec.auth.oauth.issuerNetwork.cidrs[1]",
+            schema: Schema::Cel("must not lie inside the link-local ranges"),
+        },
+        Case {
+            name: "issuer CIDR of the instance metadata address",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuerNetwork"]["cidrs"] =
+                    json!(["203.0.113.10/32", "169.254.169.254/32"]);
+            },
+            field: "spec.auth.oauth.issuerNetwork.cidrs[1]",
+            schema: Schema::Cel("must not lie inside the link-local ranges"),
+        },
+        Case {
+            name: "issuer CIDR inside the IPv6 link-local range",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuerNetwork"]["cidrs"] =
+                    json!(["203.0.113.10/32", "fe80::/64"]);
+            },
+            field: "spec.auth.oauth.issuerNetwork.cidrs[1]",
+            schema: Schema::Cel("must not lie inside the link-local ranges"),
+        },
+        Case {
+            name: "issuer CIDR of the IPv6 instance metadata address",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuerNetwork"]["cidrs"] =
+                    json!(["203.0.113.10/32", "fd00:ec2::254/128"]);
+            },
+            field: "spec.auth.oauth.issuerNetwork.cidrs[1]",
+            schema: Schema::Cel("must not lie inside the link-local ranges"),
+        },
+        Case {
+            name: "issuer CIDR containing the IPv6 instance metadata address",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuerNetwork"]["cidrs"] =
+                    json!(["203.0.113.10/32", "fd00::/8"]);
+            },
+            field: "spec.auth.oauth.issuerNetwork.cidrs[1]",
+            schema: Schema::Cel("must not lie inside the link-local ranges"),
+        },
+        Case {
+            name: "issuer CIDR containing the EKS Pod Identity agent",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuerNetwork"]["cidrs"] =
+                    json!(["203.0.113.10/32", "fd00:ec2::/120"]);
+            },
+            field: "spec.auth.oauth.issuerNetwork.cidrs[1]",
+            schema: Schema::Cel("must not lie inside the link-local ranges"),
+        },
+        Case {
+            name: "issuer CIDR of the unique-local range, holding the IPv6 metadata address",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuerNetwork"]["cidrs"] =
+                    json!(["203.0.113.10/32", "fc00::/7"]);
+            },
+            field: "spec.auth.oauth.issuerNetwork.cidrs[1]",
+            schema: Schema::Cel("must not lie inside the link-local ranges"),
+        },
+        Case {
+            name: "issuer CIDR containing Alibaba Cloud's metadata address",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuerNetwork"]["cidrs"] =
+                    json!(["203.0.113.10/32", "100.100.100.0/24"]);
+            },
+            field: "spec.auth.oauth.issuerNetwork.cidrs[1]",
+            schema: Schema::Cel("must not lie inside the link-local ranges"),
         },
         Case {
             name: "duplicate issuer port",
@@ -905,6 +1091,65 @@ pub fn valid_cases() -> Vec<ValidCase> {
                 with_oauth(t);
                 t["spec"]["auth"]["oauth"]["resource"] =
                     json!("https://mcp.example.com:8443/globex/mcp?v=1");
+            },
+        },
+        ValidCase {
+            name: "resource and issuer as bare origins, with and without the slash",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuer"] = json!("https://login.example.com/");
+                t["spec"]["auth"]["oauth"]["resource"] = json!("https://mcp.example.com");
+            },
+        },
+        ValidCase {
+            name: "upper case in the path, ports that only start like the default ones",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuer"] = json!("http://127.0.0.1:8080/Realms/A");
+                t["spec"]["auth"]["oauth"]["resource"] =
+                    json!("https://mcp.example.com:4430/Initech/MCP");
+            },
+        },
+        ValidCase {
+            name: "http loopback resource on port 443, https resource on port 80",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuer"] = json!("https://login.example.com:80");
+                t["spec"]["auth"]["oauth"]["resource"] = json!("http://localhost:443/mcp");
+            },
+        },
+        ValidCase {
+            name: "resource on an IPv6 address ending in 443",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["resource"] = json!("https://[2001:db8::443]/mcp");
+            },
+        },
+        ValidCase {
+            name: "issuer CIDRs just outside the link-local and metadata addresses",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuerNetwork"]["cidrs"] = json!([
+                    "169.255.0.0/16",
+                    "169.253.0.0/16",
+                    "fec0::/10",
+                    "fd00:ec2::300/120",
+                    "100.100.101.0/24",
+                    "2001:db8::/32"
+                ]);
+            },
+        },
+        ValidCase {
+            name: "issuer CIDRs wider than the closed ranges, which stay closed",
+            edit: |t| {
+                with_oauth(t);
+                t["spec"]["auth"]["oauth"]["issuerNetwork"]["cidrs"] = json!([
+                    "0.0.0.0/0",
+                    "::/0",
+                    "169.0.0.0/8",
+                    "fc00::/6",
+                    "100.0.0.0/8"
+                ]);
             },
         },
         ValidCase {

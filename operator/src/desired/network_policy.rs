@@ -30,25 +30,9 @@ use super::context::BuildContext;
 pub const NETWORK_POLICY_NAME: &str = "bulkhead-tenant-isolation";
 /// Upstream port when the spec names none.
 pub const DEFAULT_EGRESS_PORT: i32 = 443;
-/// Ranges closed to upstream traffic unless a Tenant names them exactly:
-/// private networks, link-local (cloud metadata at 169.254.169.254),
-/// loopback, "this network", shared address space (CGNAT; some clouds put
-/// pods or their metadata service there, e.g. 100.100.100.200), and the
-/// NAT64 prefixes through which an IPv6 pod reaches private IPv4 ranges.
-pub const CLOSED_RANGES: &[&str] = &[
-    "0.0.0.0/8",
-    "10.0.0.0/8",
-    "100.64.0.0/10",
-    "127.0.0.0/8",
-    "169.254.0.0/16",
-    "172.16.0.0/12",
-    "192.168.0.0/16",
-    "64:ff9b::/96",
-    "64:ff9b:1::/48",
-    "fc00::/7",
-    "fe80::/10",
-    "::1/128",
-];
+/// Ranges closed to upstream traffic unless a Tenant names them exactly;
+/// one list with the Tenant validation of issuer ranges.
+pub use bulkhead_crds::cidr::CLOSED_RANGES;
 
 /// The tenant's NetworkPolicy.
 pub(crate) fn desired_network_policy(ctx: &BuildContext<'_>) -> NetworkPolicy {

@@ -23,33 +23,9 @@ pub enum AddressClass {
     Forbidden,
 }
 
-/// Cloud metadata and credential endpoints. Each hands out instance or
-/// workload credentials to whoever asks from inside, so no connector may
-/// ever reach them:
-///
-/// - `169.254.169.254`: instance metadata of AWS, Google Cloud, Azure,
-///   OpenStack and others (link-local, listed for clarity).
-/// - `169.254.170.2`: Amazon ECS task metadata and task-role credentials
-///   (`AWS_CONTAINER_CREDENTIALS_RELATIVE_URI`).
-/// - `169.254.170.23` and `fd00:ec2::23`: Amazon EKS Pod Identity agent
-///   (the AWS SDKs' container credential provider).
-/// - `fd00:ec2::254`: AWS instance metadata over IPv6 (Nitro instances;
-///   "IPv6 on AWS", Supporting Amazon VPC services). A unique-local address,
-///   so `allowPrivateTargets` alone would open it.
-/// - `100.100.100.200`: Alibaba Cloud ECS instance metadata (inside the
-///   shared range 100.64.0.0/10).
-/// - `168.63.129.16`: Azure WireServer ("What is IP address 168.63.129.16?",
-///   Azure Virtual Network docs): a public address that reaches the host's
-///   platform agent.
-pub const METADATA_ADDRESSES: &[IpAddr] = &[
-    IpAddr::V4(Ipv4Addr::new(169, 254, 169, 254)),
-    IpAddr::V4(Ipv4Addr::new(169, 254, 170, 2)),
-    IpAddr::V4(Ipv4Addr::new(169, 254, 170, 23)),
-    IpAddr::V4(Ipv4Addr::new(100, 100, 100, 200)),
-    IpAddr::V4(Ipv4Addr::new(168, 63, 129, 16)),
-    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254)),
-    IpAddr::V6(Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x23)),
-];
+/// Cloud metadata and credential endpoints, one list with the Tenant
+/// validation (which refuses issuer ranges containing them).
+pub use bulkhead_crds::cidr::METADATA_ADDRESSES;
 
 /// Whether a connector may connect to `ip`: public addresses always,
 /// private ones only with `allow_private` (`allowPrivateTargets`),
