@@ -9,6 +9,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 };
 use kube::Api;
 
+/// How long the API server may take to publish the Tenant's OpenAPI after
+/// the CRD is Established (seconds on a loaded machine).
+const OPENAPI_PUBLISH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 fn squash(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
@@ -98,7 +102,20 @@ async fn the_generated_crd_is_accepted_established_and_explained() -> Result<()>
             .with_context(|| format!("no property {name}"))
     };
     let network = property(&property(schema, "spec")?, "network")?;
-    let explained = squash(&cp.kubectl_ok(&["explain", "tenant.spec.network"])?);
+    // The API server publishes a CRD's OpenAPI some time after it is
+    // Established (its OpenAPI controller rebuilds the spec
+    // asynchronously), so `explain` may not find the resource at first.
+    let started = std::time::Instant::now();
+    let explained = loop {
+        match cp.kubectl_ok(&["explain", "tenant.spec.network"]) {
+            Ok(text) => break squash(&text),
+            Err(e) if started.elapsed() < OPENAPI_PUBLISH_TIMEOUT => {
+                eprintln!("envtest: kubectl explain not ready yet: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.context("the Tenant's OpenAPI was not published in time")),
+        }
+    };
     let mut expected = vec![
         network
             .description
