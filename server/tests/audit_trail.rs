@@ -18,7 +18,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use bulkhead_server::api_keys::generate_api_key;
-use common::{TestServer, call_body, http, serve_on_loopback};
+use common::{TestServer, call_body, http, post_head, serve_on_loopback};
 use serde_json::{Value, json};
 
 /// What a [`DelayedUpstream`] saw: requests begun, answered, and dropped
@@ -243,18 +243,8 @@ async fn a_caller_that_leaves_mid_upload_is_audited_as_client_closed() {
     let upstream = DelayedUpstream::start(Duration::from_secs(1)).await;
     let key = generate_api_key().unwrap();
     let server = start("client-closed-upload", &upstream, 30, &key).await;
-    let addr = server
-        .mcp_url
-        .trim_start_matches("http://")
-        .trim_end_matches("/mcp")
-        .to_owned();
-    let head = |framing: &str| {
-        format!(
-            "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\
-             Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
-             {framing}\r\n\r\n"
-        )
-    };
+    let addr = server.mcp_address();
+    let head = |framing: &str| post_head("127.0.0.1", &key, framing);
     // Content-Length framing, then chunked, each left unfinished.
     upload_and_leave(
         &addr,

@@ -11,7 +11,7 @@ mod common;
 use std::time::Duration;
 
 use bulkhead_server::api_keys::generate_api_key;
-use common::{TestServer, config};
+use common::{TestServer, config, post_head};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -24,11 +24,7 @@ const PER_CALLER: usize = 32;
 /// A POST whose body never finishes: the head and 17 of 1000 bytes.
 async fn slow_upload(addr: &str, key: &str) -> TcpStream {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\n\
-         Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
-         Content-Length: 1000\r\n\r\n{{\"jsonrpc\":\"2.0\","
-    );
+    let head = post_head("127.0.0.1", key, "Content-Length: 1000") + "{\"jsonrpc\":\"2.0\",";
     stream.write_all(head.as_bytes()).await.unwrap();
     stream
 }
@@ -57,11 +53,7 @@ async fn many_slow_uploads_of_one_caller_do_not_make_another_caller_wait() {
         &["--audit-queue-lines", AUDIT_QUEUE_LINES],
     )
     .await;
-    let addr = server
-        .mcp_url
-        .trim_start_matches("http://")
-        .trim_end_matches("/mcp")
-        .to_owned();
+    let addr = server.mcp_address();
 
     let mut uploads = Vec::with_capacity(SLOW_UPLOADS);
     for _ in 0..SLOW_UPLOADS {

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bulkhead_server::api_keys::generate_api_key;
-use common::{TestServer, call_body, config, http};
+use common::{TestServer, call_body, config, http, post_head};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -253,11 +253,7 @@ async fn connection_attacks_neither_lock_out_callers_nor_exhaust_the_server() {
     )
     .await;
     let pid = server.pid();
-    let address = server
-        .mcp_url
-        .trim_start_matches("http://")
-        .trim_end_matches("/mcp")
-        .to_owned();
+    let address = server.mcp_address();
     let stop = tokio_util::sync::CancellationToken::new();
     let (samples, caller) = legitimate_caller(server.mcp_url.clone(), key.clone(), stop.clone());
 
@@ -362,17 +358,9 @@ async fn the_caller_limit_is_checked_before_the_body_is_read() {
         &[],
     )
     .await;
-    let address = server
-        .mcp_url
-        .trim_start_matches("http://")
-        .trim_end_matches("/mcp")
-        .to_owned();
+    let address = server.mcp_address();
     // Headers and the start of a 1,000-byte body that never comes.
-    let head = format!(
-        "POST /mcp HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {key}\r\n\
-         Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
-         Content-Length: 1000\r\n\r\n{{\"jsonrpc\""
-    );
+    let head = post_head(&address, &key, "Content-Length: 1000") + "{\"jsonrpc\"";
     let mut slow = Vec::new();
     for _ in 0..3 {
         let mut stream = TcpStream::connect(&address).await.unwrap();

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use bulkhead_server::api_keys::generate_api_key;
 use common::{
-    TestServer, Upstream, call, call_body, config, github_connector, http, http_connector, text_of,
+    TestServer, Upstream, call, call_body, config, github_connector, http, http_connector,
+    post_head, text_of,
 };
 use serde_json::{Value, json};
 
@@ -362,18 +363,8 @@ async fn transport_refuses_bad_requests_without_falling_over() {
     let big = call_body(1, "whoami", json!({"pad": "x".repeat(8192)}));
     assert_eq!(post(None, None, big).await.unwrap().status(), 413);
     // The same without a Content-Length: chunked, cut off while streaming.
-    let address = server
-        .mcp_url
-        .trim_start_matches("http://")
-        .trim_end_matches("/mcp")
-        .to_owned();
-    let head = |framing: &str| {
-        format!(
-            "POST /mcp HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {key}\r\n\
-             Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
-             {framing}\r\n\r\n"
-        )
-    };
+    let address = server.mcp_address();
+    let head = |framing: &str| post_head(&address, &key, framing);
     let mut chunked = head("Transfer-Encoding: chunked");
     for _ in 0..4 {
         chunked.push_str(&format!("800\r\n{}\r\n", "x".repeat(0x800)));

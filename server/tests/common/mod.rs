@@ -280,6 +280,14 @@ impl TestServer {
     }
 
     /// The server's process id.
+    /// `host:port` of the MCP listener, for tests that write raw HTTP.
+    pub fn mcp_address(&self) -> String {
+        self.mcp_url
+            .trim_start_matches("http://")
+            .trim_end_matches("/mcp")
+            .to_owned()
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -373,6 +381,17 @@ impl Drop for TestServer {
 pub fn http() -> reqwest::Client {
     bulkhead_server::connectors::upstream::install_crypto_provider();
     reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// The head of a raw `POST /mcp` with `Host: host`, the API key `key` and
+/// `framing` (`Content-Length: N` or `Transfer-Encoding: chunked`), ending
+/// with the blank line; the body is the caller's to write (or not).
+pub fn post_head(host: &str, key: &str, framing: &str) -> String {
+    format!(
+        "POST /mcp HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: application/json\r\nAccept: application/json, text/event-stream\r\n\
+         {framing}\r\n\r\n"
+    )
 }
 
 /// `tools/call` body for `name` with `arguments`.
