@@ -378,9 +378,18 @@ impl Drop for TestServer {
     }
 }
 
+/// A plain HTTP client. Pooled connections idle for more than 1 s are not
+/// reused: the server closes an idle keep-alive connection after its
+/// header-read timeout (2 s or more in these tests), and a POST sent on a
+/// connection the server is closing at that moment fails with an incomplete
+/// message (POST is not retried).
 pub fn http() -> reqwest::Client {
     bulkhead_server::connectors::upstream::install_crypto_provider();
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_idle_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap()
 }
 
 /// The head of a raw `POST /mcp` with `Host: host`, the API key `key` and
