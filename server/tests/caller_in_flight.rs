@@ -56,15 +56,25 @@ async fn many_slow_uploads_of_one_caller_do_not_make_another_caller_wait() {
     let addr = server.mcp_address();
 
     let mut uploads = Vec::with_capacity(SLOW_UPLOADS);
-    for _ in 0..SLOW_UPLOADS {
-        uploads.push(slow_upload(&addr, &alice).await);
+    let mut statuses = vec![None; SLOW_UPLOADS];
+    for (i, status) in statuses.iter_mut().enumerate() {
+        let mut stream = slow_upload(&addr, &alice).await;
+        // Past the first PER_CALLER uploads one is refused at once: wait for
+        // its answer before sending the next, so that on a loaded machine
+        // the refusals' audit lines do not pile up in the small queue
+        // faster than the writer writes them.
+        if i >= PER_CALLER {
+            *status = status_within(&mut stream, Duration::from_secs(2)).await;
+        }
+        uploads.push(stream);
     }
-    // Refusals are sent at once; give them time to arrive, then read what
-    // is there (well within the request timeout of 10 s).
+    // Then read what the others got (well within the request timeout of
+    // 10 s): an upload held open has no answer.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let mut statuses = Vec::with_capacity(SLOW_UPLOADS);
-    for stream in &mut uploads {
-        statuses.push(status_within(stream, Duration::from_millis(20)).await);
+    for (stream, status) in uploads.iter_mut().zip(statuses.iter_mut()) {
+        if status.is_none() {
+            *status = status_within(stream, Duration::from_millis(20)).await;
+        }
     }
     let held = statuses.iter().filter(|s| s.is_none()).count();
     let too_many = statuses.iter().filter(|s| **s == Some(429)).count();
